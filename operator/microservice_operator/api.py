@@ -1,0 +1,579 @@
+"""The MicroService API (mso.dev/v1alpha1): the one source of truth.
+
+The CRD schema in ``crds/`` is generated from these models (see ``crd.py``) and the
+handlers validate every object with them, so what ``kubectl explain`` documents,
+what the API server admits and what the operator accepts can never drift apart.
+Field descriptions are user documentation: ``kubectl explain ms.spec.failover``
+prints them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "mso.dev"
+VERSION = "v1alpha1"
+KIND = "MicroService"
+PLURAL = "microservices"
+SINGULAR = "microservice"
+SHORT_NAMES = ["ms"]
+CATEGORIES = ["all"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+IntOrString = Annotated[
+    int | str,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+        }
+    ),
+]
+"""Kubernetes IntOrString: ``3`` or ``"25%"``."""
+
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+"""A Kubernetes object passed through verbatim (affinity, a toleration, ...).
+
+The API server validates these when the child is applied; an error there surfaces
+in the ``Ready`` condition with the server's message.
+"""
+
+StringMap = Annotated[
+    dict[str, str],
+    WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+]
+
+
+class Model(BaseModel):
+    """Base for every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The object as it appears in Kubernetes: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; the API server returns ``message`` as is."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class Port(Model):
+    """A port the container listens on, and optionally exposes through the Service."""
+
+    name: str = Field(
+        "http",
+        description="Port name (IANA_SVC_NAME: at most 15 lowercase letters, digits and "
+        "dashes). Probes and the Service refer to it.",
+        max_length=15,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    container_port: int = Field(
+        ..., ge=1, le=65535, description="Port the container listens on, e.g. 5000."
+    )
+    service_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port the Service exposes for this container port, e.g. 80. Ports "
+        "without a servicePort are not exposed. Required on at least one port when "
+        "spec.service is enabled.",
+    )
+    node_port: int | None = Field(
+        None,
+        ge=30000,
+        le=32767,
+        description="Fixed node port for Service type NodePort/LoadBalancer; allocated "
+        "by Kubernetes when unset.",
+    )
+    protocol: Literal["TCP", "UDP", "SCTP"] = Field("TCP", description="Transport protocol.")
+
+
+class EnvVar(Model):
+    """An environment variable, as in a Kubernetes container."""
+
+    name: str = Field(..., min_length=1, description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    value_from: FreeForm | None = Field(
+        None,
+        description="Source of the value (secretKeyRef, configMapKeyRef, fieldRef, "
+        "resourceFieldRef), as in a Kubernetes EnvVar.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set value or valueFrom, not both")
+        return self
+
+
+class Resources(Model):
+    """Compute resources of the container; quantities as in Kubernetes ("100m", "128Mi")."""
+
+    requests: dict[str, IntOrString] | None = Field(
+        None, description="Minimum resources the scheduler reserves, e.g. cpu: 100m."
+    )
+    limits: dict[str, IntOrString] | None = Field(
+        None, description="Maximum resources the container may use, e.g. memory: 256Mi."
+    )
+
+
+class Probe(Model):
+    """A health probe. With none of httpGet, tcpSocket or exec set, a TCP check of the
+    first port is used."""
+
+    enabled: bool = Field(True, description="Set false to run without this probe.")
+    http_get_path: str | None = Field(
+        None,
+        alias="httpGetPath",
+        description="Probe with an HTTP GET of this path (e.g. /healthz) on `port`.",
+    )
+    exec_command: list[str] | None = Field(
+        None, alias="execCommand", description="Probe by running this command in the container."
+    )
+    port: IntOrString | None = Field(
+        None, description="Port number or name to probe; defaults to the first port."
+    )
+    initial_delay_seconds: int | None = Field(
+        None, ge=0, description="Seconds after start before the first probe."
+    )
+    period_seconds: int | None = Field(None, ge=1, description="Seconds between probes.")
+    timeout_seconds: int | None = Field(None, ge=1, description="Seconds before a probe times out.")
+    failure_threshold: int | None = Field(
+        None, ge=1, description="Consecutive failures before the probe is considered failed."
+    )
+    success_threshold: int | None = Field(
+        None, ge=1, description="Consecutive successes before the probe is considered passed."
+    )
+
+
+class Probes(Model):
+    """Readiness, liveness and startup probes. Defaults derive from the first port: a TCP
+    readiness check and a TCP liveness check (after 10s). With no ports, no default probes."""
+
+    readiness: Probe | None = Field(None, description="Readiness probe: gates traffic.")
+    liveness: Probe | None = Field(None, description="Liveness probe: restarts the container.")
+    startup: Probe | None = Field(
+        None, description="Startup probe: holds the others until the app has started."
+    )
+
+
+class ServiceSpec(Model):
+    """The Service in front of the pods."""
+
+    enabled: bool = Field(True, description="Create a Service. Set false for workers.")
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "None"] = Field(
+        "ClusterIP",
+        description="Service type. `None` makes a headless ClusterIP Service (clusterIP: None).",
+    )
+    annotations: StringMap | None = Field(
+        None, description="Annotations on the Service (e.g. for a cloud load balancer)."
+    )
+    labels: StringMap | None = Field(None, description="Extra labels on the Service.")
+
+
+class Autoscaling(Model):
+    """A HorizontalPodAutoscaler (autoscaling/v2). While set, the HPA owns the replica
+    count and spec.replicas is ignored."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "autoscaling.minReplicas must be less than or equal to "
+                    "autoscaling.maxReplicas",
+                ),
+            ]
+        }
+    )
+
+    min_replicas: int = Field(1, ge=1, description="Fewest replicas the HPA scales down to.")
+    max_replicas: int = Field(..., ge=1, description="Most replicas the HPA scales up to.")
+    target_cpu_utilization_percentage: int | None = Field(
+        None,
+        alias="targetCPUUtilizationPercentage",
+        ge=1,
+        description="Average CPU utilization (percent of requests) to hold. Defaults to "
+        "80 when no target is set. Needs resources.requests.cpu.",
+    )
+    target_memory_utilization_percentage: int | None = Field(
+        None,
+        ge=1,
+        description="Average memory utilization (percent of requests) to hold. Needs "
+        "resources.requests.memory.",
+    )
+    behavior: FreeForm | None = Field(
+        None,
+        description="Scale-up/scale-down behavior, as in HorizontalPodAutoscaler spec.behavior.",
+    )
+
+
+class Availability(Model):
+    """A PodDisruptionBudget: how many pods voluntary disruptions (node drains) must
+    leave. Set exactly one of minAvailable or maxUnavailable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.minAvailable) != has(self.maxUnavailable)",
+                    "availability: set exactly one of minAvailable or maxUnavailable",
+                ),
+            ]
+        }
+    )
+
+    min_available: IntOrString | None = Field(
+        None, description='Pods that must stay available, e.g. 2 or "50%".'
+    )
+    max_unavailable: IntOrString | None = Field(
+        None, description='Pods that may be unavailable at once, e.g. 1 or "25%".'
+    )
+
+
+class Strategy(Model):
+    """Rolling update parameters of the Deployment."""
+
+    max_surge: IntOrString = Field(
+        "25%", description="Extra pods allowed above the desired count during a rollout."
+    )
+    max_unavailable: IntOrString = Field(
+        "25%", description="Pods allowed to be unavailable during a rollout."
+    )
+
+
+class PodTemplate(Model):
+    """Pod-level settings copied onto the pod template."""
+
+    labels: StringMap | None = Field(
+        None, description="Extra pod labels (the operator's own labels win on conflict)."
+    )
+    annotations: StringMap | None = Field(None, description="Extra pod annotations.")
+    node_selector: StringMap | None = Field(None, description="Node labels the pods require.")
+    tolerations: list[FreeForm] | None = Field(None, description="Pod tolerations.")
+    affinity: FreeForm | None = Field(None, description="Pod affinity/anti-affinity.")
+    topology_spread_constraints: list[FreeForm] | None = Field(
+        None,
+        description="Topology spread constraints. Their labelSelector defaults to the "
+        "pods of this track when left out.",
+    )
+    service_account_name: str | None = Field(None, description="ServiceAccount the pods run as.")
+    image_pull_secrets: list[str] | None = Field(
+        None, description="Names of Secrets used to pull the image."
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=0, description="Seconds a pod gets to shut down."
+    )
+
+
+class SecurityContext(Model):
+    """Secure container defaults; each can be relaxed when an image needs it."""
+
+    run_as_non_root: bool = Field(True, description="Refuse to start as UID 0.")
+    run_as_user: int | None = Field(None, ge=0, description="UID to run as.")
+    run_as_group: int | None = Field(None, ge=0, description="GID to run as.")
+    fs_group: int | None = Field(None, ge=0, description="Group owning mounted volumes.")
+    allow_privilege_escalation: bool = Field(False, description="Allow setuid binaries to gain privileges.")
+    read_only_root_filesystem: bool = Field(False, description="Mount the root filesystem read-only.")
+    drop_capabilities: list[str] = Field(
+        default_factory=lambda: ["ALL"], description="Linux capabilities to drop."
+    )
+    add_capabilities: list[str] | None = Field(None, description="Linux capabilities to add.")
+    seccomp_profile: Literal["RuntimeDefault", "Unconfined"] = Field(
+        "RuntimeDefault", description="Seccomp profile type."
+    )
+
+
+class Standby(Model):
+    """A warm standby Deployment (<name>-standby) on the same pod template; the Service
+    moves to it when the primary is unhealthy."""
+
+    replicas: int = Field(1, ge=1, description="Replicas the standby keeps warm.")
+    node_selector: StringMap | None = Field(
+        None, description="Standby placement override, e.g. another zone."
+    )
+    tolerations: list[FreeForm] | None = Field(None, description="Standby tolerations override.")
+    affinity: FreeForm | None = Field(None, description="Standby affinity override.")
+    topology_spread_constraints: list[FreeForm] | None = Field(
+        None, description="Standby topology spread override."
+    )
+
+
+class Failover(Model):
+    """Health-based failover: rollback of bad releases, warm standby, pod remediation."""
+
+    rollback: bool = Field(
+        True,
+        description="Roll a release that does not become healthy back to the last known "
+        "good revision.",
+    )
+    progress_deadline_seconds: int = Field(
+        300,
+        ge=10,
+        description="Seconds a new revision has to become fully healthy before it is "
+        "rolled back. Also the Deployment's progressDeadlineSeconds.",
+    )
+    unhealthy_threshold: int = Field(
+        3,
+        ge=1,
+        description="Container restarts (crash loops) of a new revision's pod after which "
+        "the revision is judged bad before its deadline.",
+    )
+    min_healthy_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Ready/desired ratio of the primary below which it counts as unhealthy.",
+    )
+    failover_after_seconds: int = Field(
+        30, ge=0, description="Seconds the primary must stay unhealthy before traffic moves to the standby."
+    )
+    failback_after_seconds: int = Field(
+        120, ge=0, description="Seconds the primary must stay healthy before traffic moves back."
+    )
+    pod_unhealthy_seconds: int = Field(
+        300,
+        ge=0,
+        description="Seconds a pod may stay NotReady before it is deleted and replaced. "
+        "0 disables remediation.",
+    )
+    max_remediations_per_window: int = Field(
+        1, ge=0, description="Most pods deleted per remediationWindowSeconds; 0 disables remediation."
+    )
+    remediation_window_seconds: int = Field(
+        300, ge=1, description="Window over which maxRemediationsPerWindow applies."
+    )
+    standby: Standby | None = Field(None, description="Warm standby; none when unset.")
+
+
+class MicroServiceSpec(Model):
+    """Desired state of a MicroService."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.service) || !self.service.enabled || "
+                    "(has(self.ports) && self.ports.exists(p, has(p.servicePort)))",
+                    "a port with servicePort is required when spec.service is enabled "
+                    "(set spec.ports[].servicePort, or spec.service.enabled: false)",
+                    ".ports",
+                ),
+                cel(
+                    "!has(self.ports) || self.ports.all(p, self.ports.exists_one(q, q.name == p.name))",
+                    "spec.ports[].name must be unique",
+                    ".ports",
+                ),
+            ]
+        }
+    )
+
+    image: str = Field(
+        ..., min_length=1, description="Container image, e.g. ghcr.io/acme/hello:1.2.3."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Image pull policy; Kubernetes' default when unset."
+    )
+    replicas: int = Field(
+        1,
+        ge=0,
+        description="Desired pods. Ignored while spec.autoscaling is set (the HPA owns it). "
+        "`kubectl scale ms/NAME` sets it.",
+    )
+    command: list[str] | None = Field(None, description="Entrypoint override.")
+    args: list[str] | None = Field(None, description="Arguments to the entrypoint.")
+    env: list[EnvVar] | None = Field(None, description="Environment variables.")
+    env_from: list[FreeForm] | None = Field(
+        None, description="Sources of environment variables (configMapRef, secretRef)."
+    )
+    ports: list[Port] | None = Field(None, description="Ports the container listens on.")
+    resources: Resources | None = Field(None, description="Container compute resources.")
+    probes: Probes | None = Field(None, description="Health probes; defaulted from the first port.")
+    service: ServiceSpec = Field(
+        default_factory=lambda: ServiceSpec(), description="The Service in front of the pods."
+    )
+    autoscaling: Autoscaling | None = Field(
+        None, description="Horizontal pod autoscaling; none when unset."
+    )
+    availability: Availability | None = Field(
+        None, description="PodDisruptionBudget; none when unset."
+    )
+    strategy: Strategy | None = Field(None, description="Rolling update strategy.")
+    pod_template: PodTemplate | None = Field(None, description="Pod-level settings.")
+    security_context: SecurityContext = Field(
+        default_factory=lambda: SecurityContext(),
+        description="Container security settings; secure by default.",
+    )
+    failover: Failover = Field(
+        default_factory=lambda: Failover(), description="Health-based failover settings."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> MicroServiceSpec:
+        # The same rules as the CEL validations, for objects that bypass the API
+        # server's admission (older CRD versions, tests, --validate=false).
+        names = [p.name for p in self.ports or []]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.ports[].name must be unique")
+        if self.service.enabled and not any(p.service_port for p in self.ports or []):
+            raise ValueError(
+                "a port with servicePort is required when spec.service is enabled "
+                "(set spec.ports[].servicePort, or spec.service.enabled: false)"
+            )
+        a = self.autoscaling
+        if a is not None and a.min_replicas > a.max_replicas:
+            raise ValueError(
+                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"
+            )
+        av = self.availability
+        if av is not None and (av.min_available is None) == (av.max_unavailable is None):
+            raise ValueError("availability: set exactly one of minAvailable or maxUnavailable")
+        return self
+
+
+# --------------------------------------------------------------------------- status
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """A metav1.Condition."""
+
+    type: str = Field(..., description="Condition type, e.g. Ready.")
+    status: ConditionStatus = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable details.")
+    observed_generation: int | None = Field(
+        None, description="spec generation the condition was computed from."
+    )
+    last_transition_time: str = Field(
+        ..., description="When status last changed (RFC 3339)."
+    )
+
+
+class RevisionRecord(Model):
+    """A pod-template revision and what is needed to render it again."""
+
+    revision: str = Field(..., description="Hash of the rendered pod template.")
+    image: str = Field(..., description="Image of that revision.")
+    spec: FreeForm = Field(
+        ...,
+        description="The MicroService spec of that revision, as applied; used to render "
+        "the Deployment again on rollback.",
+    )
+
+
+class QuarantineRecord(Model):
+    """A revision judged bad; not applied again until the spec changes."""
+
+    revision: str = Field(..., description="Hash of the rendered pod template.")
+    image: str = Field(..., description="Image of that revision.")
+    reason: str = Field(..., description="Why it was judged bad (e.g. ProgressDeadlineExceeded).")
+    message: str = Field("", description="Details.")
+    time: str = Field(..., description="When it was quarantined (RFC 3339).")
+    generation: int = Field(..., description="spec generation that produced it.")
+
+
+class FailoverEvent(Model):
+    """The last traffic switch between tracks."""
+
+    time: str = Field(..., description="When traffic moved (RFC 3339).")
+    from_track: str = Field(..., description="Track traffic moved from.")
+    to_track: str = Field(..., description="Track traffic moved to.")
+    reason: str = Field(..., description="Why.")
+
+
+class FailoverState(Model):
+    """Timers and budgets the failover decisions need; kept in status so they survive an
+    operator restart."""
+
+    revision_since: str | None = Field(
+        None, description="When the current revision was first applied (RFC 3339)."
+    )
+    unhealthy_since: str | None = Field(
+        None, description="Since when the primary has been below minHealthyRatio."
+    )
+    healthy_since: str | None = Field(
+        None, description="Since when the primary has been at or above minHealthyRatio."
+    )
+    remediations: list[str] | None = Field(
+        None, description="Times of recent pod remediations (RFC 3339), for the budget."
+    )
+
+
+Phase = Literal["Pending", "Progressing", "Running", "Degraded", "FailedOver", "Invalid"]
+Track = Literal["primary", "standby"]
+
+
+class MicroServiceStatus(Model):
+    """Observed state of a MicroService."""
+
+    observed_generation: int | None = Field(
+        None, description="spec generation last reconciled successfully."
+    )
+    replicas: int | None = Field(None, description="Pods of the primary track.")
+    ready_replicas: int | None = Field(None, description="Ready pods of the primary track.")
+    available_replicas: int | None = Field(None, description="Available pods of the primary.")
+    updated_replicas: int | None = Field(None, description="Pods on the current template.")
+    standby_ready_replicas: int | None = Field(None, description="Ready pods of the standby.")
+    selector: str | None = Field(
+        None, description="Label selector of the pods (for the scale subresource and HPA)."
+    )
+    phase: Phase | None = Field(None, description="One-word summary for `kubectl get`.")
+    ready: str | None = Field(None, description='"ready/desired", for `kubectl get`.')
+    active_track: Track | None = Field(
+        None, description="Track the Service sends traffic to: primary or standby."
+    )
+    current_revision: str | None = Field(
+        None, description="Revision (pod template hash) the primary Deployment runs."
+    )
+    desired_revision: str | None = Field(
+        None, description="Revision the spec asks for (differs after a rollback)."
+    )
+    last_known_good_revision: str | None = Field(
+        None, description="Last revision that reached full health."
+    )
+    last_known_good: RevisionRecord | None = Field(
+        None, description="The last known good revision and its spec."
+    )
+    quarantined_revision: str | None = Field(
+        None, description="Revision rolled back and not retried until the spec changes."
+    )
+    quarantine: QuarantineRecord | None = Field(None, description="Details of the quarantine.")
+    last_failover: FailoverEvent | None = Field(None, description="The last traffic switch.")
+    failover_state: FailoverState | None = Field(
+        None, description="Internal timers of the failover logic."
+    )
+    conditions: list[Condition] | None = Field(
+        None, description="Ready, Progressing, Degraded, FailedOver, RolledBack, Reconciling, Stalled."
+    )
+
+
+class MicroService(Model):
+    """A microservice kept alive: Deployment, Service, HPA, PodDisruptionBudget and
+    health-based failover, from one resource."""
+
+    model_config = ConfigDict(extra="ignore")  # apiVersion/kind/metadata handled by kopf
+
+    spec: MicroServiceSpec
+    status: MicroServiceStatus | None = None
