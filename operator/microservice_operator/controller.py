@@ -1,0 +1,313 @@
+"""The controller: watch caches in, plans out, plans executed.
+
+kopf's watch handlers feed :class:`Controller` with every MicroService and every
+child we label; each change queues the owning MicroService. Workers take keys from
+the queue, build a :class:`plan.Plan` from the caches (no API reads) and execute it
+through :mod:`kube` (writes only when something differs). Blocking client calls run
+in a bounded thread pool so the event loop keeps serving watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from . import plan as planning
+from .kube import BY_KIND, DEPLOYMENTS, HPAS, MICROSERVICES, PDBS, PODS, SERVICES, Kube, KubeError
+from .metrics import OperatorMetrics
+from .settings import FIELD_MANAGER, Settings
+from .workqueue import Key, Store, WorkQueue, cancel_all
+
+log = logging.getLogger("microservice_operator")
+
+MS_KIND = "MicroService"
+CHILD_RESOURCES = (DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS)
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
+MAX_BACKOFF = 300.0
+
+
+def utcnow() -> datetime:
+    """The clock, in one place."""
+    return datetime.now(UTC)
+
+
+class Controller:
+    """Reconciles MicroServices from cached state with a pool of workers."""
+
+    def __init__(self, kube: Kube, metrics: OperatorMetrics, settings: Settings) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.settings = settings
+        self.store = Store()
+        self.queue = WorkQueue()
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="reconcile"
+        )
+        self._failures: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._primed = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Fill the caches with a LIST of each kind, then start the workers.
+
+        Priming first means a restarted operator sees existing children and makes
+        no writes for MicroServices that are already converged.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._prime)
+        for ns, name in self.store.keys(MS_KIND):
+            self.queue.add((ns, name))
+        self._primed.set()
+        for i in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="mso-resync"))
+        log.info(
+            "Started %d workers with %d MicroServices cached",
+            self.settings.workers,
+            self.store.count(MS_KIND),
+        )
+
+    def _prime(self) -> None:
+        for ns in self.kube.iter_namespaces(self.settings.namespaces):
+            for ms in self.kube.list(MICROSERVICES, ns):
+                self.store.put(MS_KIND, ms)
+            for res in CHILD_RESOURCES:
+                for obj in self.kube.list(res, ns, label_selector=MANAGED_SELECTOR):
+                    self.store.put(res.kind, obj)
+
+    async def stop(self) -> None:
+        """Stop workers and timers; in-flight API calls finish in their threads."""
+        self.queue.shutdown()
+        await cancel_all(self._tasks)
+        self._tasks.clear()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _resync(self) -> None:
+        # A slow safety net: re-check everything now and then, in case an event was
+        # lost. Costs no API calls: it reads the caches.
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for ns, name in self.store.keys(MS_KIND):
+                self.queue.add((ns, name))
+
+    # ------------------------------------------------------------------ events
+    def on_microservice(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A MicroService watch event."""
+        meta = body.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.store.delete(MS_KIND, body)
+            self.queue.forget(key)
+            self._failures.pop(key, None)
+            self.metrics.forget(*key)
+            log.info("Forgot MicroService %s/%s (deleted)", *key)
+            return
+        if self.store.put(MS_KIND, body):
+            self.queue.add(key)
+
+    def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event of a child (Deployment, Service, HPA, PDB or Pod)."""
+        if event_type == "DELETED":
+            self.store.delete(kind, body)
+        elif not self.store.put(kind, body):
+            return
+        owner = Store.owner_key(body)
+        if owner is not None and self.store.get(MS_KIND, *owner) is not None:
+            self.queue.add(owner)
+
+    # ------------------------------------------------------------------ workers
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self.queue.get()
+            try:
+                delay = await loop.run_in_executor(self.executor, self.reconcile, key)
+            except Exception:  # a bug must not kill the worker; back off and retry
+                log.exception("Reconcile of %s/%s crashed", *key)
+                self.metrics.reconcile_error("Other")
+                delay = self._backoff(key)
+            finally:
+                self.queue.done(key)
+            if delay is not None:
+                self.queue.add_after(key, delay)
+
+    def _backoff(self, key: Key) -> float:
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        return float(min(MAX_BACKOFF, 2 ** min(n, 9)))
+
+    def reconcile(self, key: Key) -> float | None:
+        """One reconcile of one MicroService; returns seconds until it should run again."""
+        ms = self.store.get(MS_KIND, *key)
+        if ms is None or ms.get("metadata", {}).get("deletionTimestamp"):
+            return None
+        with self.metrics.time_reconcile():
+            return self._reconcile(ms, key)
+
+    def observed(self, key: Key) -> planning.Observed:
+        """What the caches hold for a MicroService."""
+        ns, name = key
+        ms = self.store.get(MS_KIND, ns, name) or {}
+        uid = ms.get("metadata", {}).get("uid", "")
+
+        def mine(kind: str, obj_name: str) -> dict[str, Any] | None:
+            obj = self.store.get(kind, ns, obj_name)
+            if obj is not None and uid and not planning.controlled_by(obj, uid):
+                # Same name, another owner (e.g. a MicroService deleted and re-created
+                # while the GC catches up): treat as absent; the create path checks.
+                return None
+            return obj
+
+        pods = tuple(self.store.owned("Pod", key))
+        return planning.Observed(
+            deployment=mine("Deployment", name),
+            standby=mine("Deployment", f"{name}-standby"),
+            service=mine("Service", name),
+            hpa=mine("HorizontalPodAutoscaler", name),
+            pdb=mine("PodDisruptionBudget", name),
+            pods=pods,
+        )
+
+    def _reconcile(self, ms: dict[str, Any], key: Key) -> float | None:
+        ns, name = key
+        now = utcnow()
+        p = planning.plan(ms, self.observed(key), now)
+        try:
+            self._execute(ms, p)
+        except KubeError as exc:
+            reason = "ApplyFailed" if exc.invalid else exc.reason if exc.reason == "ChildConflict" else "ApiError"
+            self.metrics.reconcile_error("Conflict" if exc.conflict else "ApiError")
+            log.warning("Failed to reconcile MicroService %s/%s: %s", ns, name, exc)
+            failed = planning.plan_error(ms, p, reason, exc.message, now)
+            self._write_status(ms, failed)
+            self._record(ms, failed)
+            if exc.invalid:
+                return None  # the same input fails the same way; a spec change retries
+            return self._backoff(key)
+        self._failures.pop(key, None)
+        if p.invalid:
+            self.metrics.reconcile_error("InvalidSpec")
+        return p.requeue_after
+
+    def _execute(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        ns = ms["metadata"]["namespace"]
+        name = ms["metadata"]["name"]
+        if p.handoff is not None:
+            self.kube.handoff_replicas(p.handoff)
+        for manifest in p.applies:
+            kind = manifest["kind"]
+            child = manifest["metadata"]["name"]
+            cached = self.store.get(kind, ns, child)
+            if cached is None:
+                self._check_not_foreign(ms, kind, child)
+            live = self.kube.apply(manifest)
+            self.store.put(kind, live)
+            log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
+        for kind, child, uid in p.deletes:
+            if self.kube.delete(BY_KIND[kind], ns, child, uid=uid):
+                log.info("Deleted %s %s/%s (no longer wanted)", kind, ns, child)
+        for pod, uid in p.pod_deletes:
+            if self.kube.delete(PODS, ns, pod, uid=uid):
+                log.warning("Deleted stuck Pod %s/%s of MicroService %s", ns, pod, name)
+        self._write_status(ms, p)
+        self._record(ms, p)
+
+    def _check_not_foreign(self, ms: dict[str, Any], kind: str, child: str) -> None:
+        """Refuse to take over an object that exists but is not ours.
+
+        Our caches only hold labelled objects, so before the first apply of a child we
+        look for a same-named object the user (or another tool) owns: applying with
+        force would silently adopt and rewrite it.
+        """
+        meta = ms["metadata"]
+        existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
+        if existing is not None and not planning.controlled_by(existing, meta.get("uid", "")):
+            raise KubeError(
+                409,
+                "ChildConflict",
+                f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
+                f"this MicroService; rename or delete it",
+            )
+
+    def _write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        if not p.status_changed:
+            return
+        meta = ms["metadata"]
+        patched = self.kube.patch_status(meta["namespace"], meta["name"], p.status)
+        if patched is not None:
+            self.store.put(MS_KIND, patched)
+
+    def _record(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        meta = ms["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for reason in p.rollbacks:
+            self.metrics.rollback(ns, name, reason)
+        for reason in p.failovers:
+            self.metrics.failover(ns, name, reason)
+        if p.remediations:
+            self.metrics.remediation(ns, name, p.remediations)
+        g = p.gauges
+        if g is not None:
+            self.metrics.observe(
+                ns,
+                name,
+                desired=g.desired,
+                ready=g.ready,
+                available=g.available,
+                unavailable=g.unavailable,
+                updated=g.updated,
+                healthy_ratio=g.healthy_ratio,
+                ready_flag=g.ready_flag,
+                active_track=g.active_track,
+            )
+        for ev in p.events:
+            log.log(
+                logging.WARNING if ev.type == "Warning" else logging.INFO,
+                "%s MicroService %s/%s: %s",
+                ev.reason,
+                ns,
+                name,
+                ev.message,
+            )
+            self.kube.create_event(event_for(ms, ev))
+
+
+def event_for(ms: dict[str, Any], ev: planning.EventSpec) -> dict[str, Any]:
+    """A core/v1 Event about ``ms``, as ``kubectl describe ms`` shows it."""
+    meta = ms["metadata"]
+    ts = planning.rfc3339(utcnow())
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta['name']}.",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": MICROSERVICES.api_version,
+            "kind": MS_KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": ev.type,
+        "reason": ev.reason,
+        "message": ev.message[:1024],
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "count": 1,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": FIELD_MANAGER,
+    }
+
+
+def monotonic() -> float:
+    """For durations; kept here so tests can see the one clock source."""
+    return time.monotonic()

@@ -1,0 +1,281 @@
+"""The only module that talks to the Kubernetes API server.
+
+Every request goes through :meth:`Kube._call` so it is counted by verb, resource and
+response code (``mso_kube_requests_total``): that is how the benchmarks and the
+"no writes in steady state" test see what the operator really does. Writes are
+server-side apply with our field manager, so we own exactly the fields we send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .settings import FIELD_MANAGER, HANDOFF_FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the REST API."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        """apiVersion as written in manifests."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        """REST path of the collection or of one object."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace is not None and self.namespaced:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{name}"
+        return base
+
+
+MICROSERVICES = Resource("mso.dev", "v1alpha1", "microservices", "MicroService")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+SERVICES = Resource("", "v1", "services", "Service")
+HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+PODS = Resource("", "v1", "pods", "Pod")
+EVENTS = Resource("", "v1", "events", "Event")
+
+BY_KIND = {r.kind: r for r in (MICROSERVICES, DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, EVENTS)}
+
+RequestHook = Callable[[str, str, str], None]
+"""Called as hook(verb, resource plural, code) after every request."""
+
+
+class KubeError(Exception):
+    """An API request failed; ``message`` is the API server's own explanation."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        """The object (or its collection) does not exist."""
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        """Optimistic-concurrency or apply conflict."""
+        return self.status == 409
+
+    @property
+    def invalid(self) -> bool:
+        """The server rejected the object as invalid; retrying the same input won't help."""
+        return self.status in (400, 422)
+
+
+def _error(exc: ApiException) -> KubeError:
+    message = exc.reason or ""
+    reason = exc.reason or ""
+    try:
+        body = json.loads(exc.body or "{}")
+        message = body.get("message", message)
+        reason = body.get("reason", reason)
+    except (ValueError, TypeError):
+        pass
+    return KubeError(int(exc.status or 0), str(reason), str(message))
+
+
+def load_api_client() -> client.ApiClient:
+    """An API client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    cfg = client.Configuration.get_default_copy()
+    # Enough connections for the reconcile workers plus watches' list calls.
+    cfg.connection_pool_maxsize = 32
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    """Typed-enough access to the few API calls the operator makes."""
+
+    def __init__(self, api: client.ApiClient, on_request: RequestHook | None = None) -> None:
+        self.api = api
+        self._on_request = on_request
+
+    # ----------------------------------------------------------------- plumbing
+    def _call(
+        self,
+        verb: str,
+        resource: Resource,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, Any]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        code = "error"
+        try:
+            resp = self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=30,
+            )
+            code = str(resp.status)
+            data = resp.data
+            return json.loads(data) if data else {}
+        except ApiException as exc:
+            code = str(exc.status)
+            raise _error(exc) from exc
+        finally:
+            if self._on_request is not None:
+                self._on_request(verb, resource.plural, code)
+
+    # ----------------------------------------------------------------- reads
+    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self._call("get", resource, "GET", resource.path(namespace, name))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    def list(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """All objects of a kind (in a namespace, or cluster-wide), paginated."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            query: list[tuple[str, Any]] = [("limit", 500)]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if token:
+                query.append(("continue", token))
+            page = self._call("list", resource, "GET", resource.path(namespace), query=query)
+            kind = resource.kind
+            for item in page.get("items", []):
+                item.setdefault("apiVersion", resource.api_version)
+                item.setdefault("kind", kind)
+                items.append(item)
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
+
+    def iter_namespaces(self, namespaces: tuple[str, ...]) -> Iterator[str | None]:
+        """None (cluster-wide) when no namespaces are given, else each namespace."""
+        if not namespaces:
+            yield None
+        else:
+            yield from namespaces
+
+    # ----------------------------------------------------------------- writes
+    def apply(self, manifest: dict[str, Any], *, manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply: we become the owner of exactly the fields in ``manifest``.
+
+        ``force`` takes fields over from other managers, as a controller must: the
+        MicroService is the source of truth for everything we render.
+        """
+        resource = BY_KIND[manifest["kind"]]
+        meta = manifest["metadata"]
+        return self._call(
+            "apply",
+            resource,
+            "PATCH",
+            resource.path(meta.get("namespace"), meta["name"]),
+            body=manifest,
+            query=[("fieldManager", manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def handoff_replicas(self, deployment: dict[str, Any]) -> None:
+        """Hand ``spec.replicas`` of a Deployment to the HPA without resetting it.
+
+        When an apply stops sending a field its manager solely owned, the API server
+        removes the field, and a Deployment would fall back to 1 replica before the
+        HPA reacts. Applying the current value under a second manager first keeps a
+        co-owner until the HPA writes the field (the documented ownership transfer).
+        """
+        meta = deployment["metadata"]
+        self.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "spec": {"replicas": deployment.get("spec", {}).get("replicas", 1)},
+            },
+            manager=HANDOFF_FIELD_MANAGER,
+        )
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the MicroService status subresource; None if it is gone."""
+        try:
+            return self._call(
+                "patch",
+                MICROSERVICES,
+                "PATCH",
+                MICROSERVICES.path(namespace, name) + "/status",
+                body={"status": status},
+                content_type="application/merge-patch+json",
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    def delete(
+        self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
+    ) -> bool:
+        """Delete an object (only that exact one when ``uid`` is given); False if absent."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._call("delete", resource, "DELETE", resource.path(namespace, name), body=body)
+            return True
+        except KubeError as exc:
+            if exc.not_found or (exc.conflict and uid):
+                return False
+            raise
+
+    def create_event(self, event: dict[str, Any]) -> None:
+        """Record a core/v1 Event; failures are logged, never fatal (events are best effort)."""
+        try:
+            self._call(
+                "create",
+                EVENTS,
+                "POST",
+                EVENTS.path(event["metadata"]["namespace"]),
+                body=event,
+            )
+        except KubeError as exc:
+            log.warning("Failed to record Event %s: %s", event.get("reason"), exc)

@@ -1,0 +1,620 @@
+"""Reconcile planning: (MicroService, observed children, now) -> what to do.
+
+This is the pure heart of a reconcile. It parses the spec, runs the health and
+failover decisions, renders the children and compares them with what the cluster
+holds, and returns a :class:`Plan`: the writes needed (none in steady state), the
+new status, Events and metric updates. The controller only executes plans, so every
+behaviour here is unit-testable with plain dicts and a fixed clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import conditions, failover, health, render
+from .api import (
+    Condition,
+    FailoverEvent,
+    FailoverState,
+    MicroServiceSpec,
+    MicroServiceStatus,
+    QuarantineRecord,
+    RevisionRecord,
+)
+from .settings import FIELD_MANAGER
+
+APPLIED_HASH = "mso.dev/applied-hash"
+"""Annotation on each child: hash of the manifest we last applied. When the rendered
+manifest changes we apply (which also removes fields we stopped sending); when it has
+not, we still compare field by field to catch drift from manual edits."""
+
+TRACK_LABEL = "mso.dev/track"
+
+CHILD_KINDS = {
+    "deployment": "Deployment",
+    "standby": "Deployment",
+    "service": "Service",
+    "hpa": "HorizontalPodAutoscaler",
+    "pdb": "PodDisruptionBudget",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster holds for one MicroService (from the watch caches)."""
+
+    deployment: dict[str, Any] | None = None
+    standby: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    hpa: dict[str, Any] | None = None
+    pdb: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()
+
+    def child(self, key: str) -> dict[str, Any] | None:
+        """The live child stored under a render key."""
+        value: dict[str, Any] | None = getattr(self, key)
+        return value
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A Kubernetes Event to record on the MicroService."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """Replica-health figures for the metrics."""
+
+    desired: int
+    ready: int
+    available: int
+    unavailable: int
+    updated: int
+    healthy_ratio: float
+    ready_flag: bool
+    active_track: str
+
+
+@dataclass
+class Plan:
+    """Everything one reconcile should do, in order: handoff, applies, deletes, status."""
+
+    applies: list[dict[str, Any]] = field(default_factory=list)
+    handoff: dict[str, Any] | None = None
+    deletes: list[tuple[str, str, str]] = field(default_factory=list)  # kind, name, uid
+    pod_deletes: list[tuple[str, str]] = field(default_factory=list)  # name, uid
+    status: dict[str, Any] = field(default_factory=dict)
+    status_changed: bool = False
+    events: list[EventSpec] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)
+    failovers: list[str] = field(default_factory=list)
+    remediations: int = 0
+    gauges: Gauges | None = None
+    requeue_after: float | None = None
+    invalid: bool = False
+
+    @property
+    def writes(self) -> int:
+        """Number of writes to children this plan makes."""
+        return (
+            len(self.applies)
+            + len(self.deletes)
+            + len(self.pod_deletes)
+            + (1 if self.handoff else 0)
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rfc3339(now: datetime) -> str:
+    """Kubernetes' time format (second precision, Z)."""
+    return failover.format_time(now)
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """Stable hash of a rendered manifest (without our hash annotation)."""
+    data = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest carrying its own hash as an annotation."""
+    out = json.loads(json.dumps(manifest))
+    annotations = out["metadata"].setdefault("annotations", {})
+    annotations[APPLIED_HASH] = manifest_hash(manifest)
+    return out
+
+
+def _quantity_equal(a: str, b: str) -> bool:
+    try:
+        from kubernetes.utils import parse_quantity
+
+        return bool(parse_quantity(a) == parse_quantity(b))
+    except (ValueError, TypeError):
+        return False
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Whether every field of ``desired`` has the same value in ``live``.
+
+    Fields the API server defaulted (or other managers added) are ignored; lists must
+    match element by element. Resource quantities compare by value ("0.5" == "500m").
+    """
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        return all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
+    if desired == live:
+        return True
+    if isinstance(desired, str) and isinstance(live, str):
+        return _quantity_equal(desired, live)
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return float(desired) == float(live)
+    return False
+
+
+def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether applying ``desired`` (already hashed) would change the live object."""
+    if live is None:
+        return True
+    ours = desired["metadata"].get("annotations", {}).get(APPLIED_HASH)
+    theirs = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+    if ours != theirs:
+        return True
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+    return not is_subset(body, live)
+
+
+def owns_replicas(deployment: dict[str, Any] | None) -> bool:
+    """Whether our field manager applied spec.replicas of this Deployment."""
+    if deployment is None:
+        return False
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+            if "f:replicas" in spec:
+                return True
+    return False
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether ``obj`` has a controller ownerReference to the object with ``uid``."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field as users write it (spec.ports[0].name)."""
+    lines = []
+    for err in exc.errors():
+        path = "spec"
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(msg if not err["loc"] else f"{path}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_status(raw: dict[str, Any] | None) -> MicroServiceStatus:
+    """The stored status; a status we cannot read is treated as empty, never as fatal."""
+    try:
+        return MicroServiceStatus.model_validate(raw or {})
+    except ValidationError:
+        return MicroServiceStatus()
+
+
+def track_of(obj: dict[str, Any]) -> str:
+    """The track (primary/standby) a pod belongs to, from its label."""
+    return str((obj.get("metadata", {}).get("labels") or {}).get(TRACK_LABEL, "primary"))
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return failover.parse_time(value) if value else None
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _meta(ms: dict[str, Any]) -> tuple[str, str, str, int]:
+    meta = ms["metadata"]
+    return meta["namespace"], meta["name"], meta.get("uid", ""), int(meta.get("generation", 1))
+
+
+def _finish_status(
+    plan: Plan, old_raw: dict[str, Any] | None, status: MicroServiceStatus
+) -> None:
+    new = status.dump()
+    plan.status = new
+    plan.status_changed = new != (old_raw or {})
+
+
+def plan_invalid(ms: dict[str, Any], error: str, now: datetime) -> Plan:
+    """An invalid spec: say so in status and once as a Warning Event; touch no child."""
+    _, _, _, generation = _meta(ms)
+    old = parse_status(ms.get("status"))
+    ts = rfc3339(now)
+    prev = old.conditions
+    conds = [
+        conditions.make(prev, "Ready", False, "InvalidSpec", error, generation=generation, now=ts),
+        conditions.make(prev, "Reconciling", False, "InvalidSpec", "", generation=generation, now=ts),
+        conditions.make(prev, "Stalled", True, "InvalidSpec", error, generation=generation, now=ts),
+    ]
+    status = old.model_copy(
+        update={
+            "phase": "Invalid",
+            "conditions": conditions.merge(prev, conds),
+        }
+    )
+    plan = Plan(invalid=True)
+    old_ready = conditions.find(prev, "Ready")
+    if old_ready is None or old_ready.reason != "InvalidSpec" or old_ready.message != error:
+        plan.events.append(EventSpec("Warning", "InvalidSpec", error))
+    _finish_status(plan, ms.get("status"), status)
+    plan.gauges = Gauges(0, 0, 0, 0, 0, 0.0, False, old.active_track or "primary")
+    return plan
+
+
+def plan_error(ms: dict[str, Any], plan: Plan, reason: str, message: str, now: datetime) -> Plan:
+    """Replace a plan's status after a write failed: Ready=False with the server's message.
+
+    observedGeneration is not advanced, so tools waiting on it keep waiting.
+    """
+    _, _, _, generation = _meta(ms)
+    old = parse_status(ms.get("status"))
+    status = parse_status(plan.status)
+    ts = rfc3339(now)
+    prev = status.conditions
+    conds = [
+        conditions.make(prev, "Ready", False, reason, message, generation=generation, now=ts),
+        conditions.make(prev, "Stalled", True, reason, message, generation=generation, now=ts),
+    ]
+    status = status.model_copy(
+        update={
+            "observed_generation": old.observed_generation,
+            "conditions": conditions.merge(prev, conds),
+        }
+    )
+    out = Plan(invalid=plan.invalid, gauges=plan.gauges)
+    old_ready = conditions.find(old.conditions, "Ready")
+    if old_ready is None or old_ready.reason != reason or old_ready.message != message:
+        out.events.append(EventSpec("Warning", reason, message))
+    _finish_status(out, ms.get("status"), status)
+    return out
+
+
+def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:  # noqa: C901
+    """Decide one reconcile of ``ms`` given what the cluster holds, at time ``now``."""
+    namespace, name, uid, generation = _meta(ms)
+    try:
+        spec = MicroServiceSpec.model_validate(ms.get("spec") or {})
+    except ValidationError as exc:
+        return plan_invalid(ms, format_validation_error(exc), now)
+
+    old = parse_status(ms.get("status"))
+    ts = rfc3339(now)
+    owner = render.Owner(name=name, namespace=namespace, uid=uid)
+    fo = spec.failover
+    result = Plan()
+    state = old.failover_state or FailoverState()
+
+    # --- which revision should run: the spec's, or the last known good one.
+    desired_revision = render.revision(spec, name)
+    if old.desired_revision != desired_revision or state.revision_since is None:
+        state = state.model_copy(update={"revision_since": ts})
+    revision_since = _parse_time(state.revision_since) or now
+
+    primary_pods = [p for p in observed.pods if track_of(p) == "primary"]
+    standby_pods = [p for p in observed.pods if track_of(p) == "standby"]
+    dep_obs = health.observe_deployment(observed.deployment)
+    pod_obs = health.observe_pods(primary_pods)
+    running_revision = dep_obs.revision if dep_obs is not None else None
+    assessed = health.assess(
+        dep_obs, pod_obs, fo, now, revision=desired_revision, revision_since=revision_since
+    )
+
+    decision = failover.decide_rollback(
+        desired_revision=desired_revision,
+        desired_image=spec.image,
+        generation=generation,
+        health=assessed,
+        last_known_good=old.last_known_good,
+        quarantined=old.quarantine,
+        failover=fo,
+        now=now,
+    )
+    source_spec: MicroServiceSpec | None = None
+    last_known_good = old.last_known_good
+    quarantine = old.quarantine
+    rolled_back = False
+    if decision.action == "record_good":
+        last_known_good = RevisionRecord(
+            revision=desired_revision, image=spec.image, spec=spec.dump()
+        )
+        quarantine = None
+    elif decision.action == "apply_desired":
+        quarantine = None
+    elif decision.action in ("rollback", "stay_rolled_back") and last_known_good is not None:
+        rolled_back = True
+        quarantine = decision.quarantine or quarantine
+        try:
+            source_spec = MicroServiceSpec.model_validate(last_known_good.spec)
+        except ValidationError:  # an old record we cannot read: do not roll back to it
+            source_spec = None
+            rolled_back = False
+        if decision.action == "rollback" and rolled_back:
+            result.events.append(EventSpec("Warning", "RolledBack", decision.message))
+            result.rollbacks.append(decision.reason)
+    if decision.action == "record_good" and (
+        old.last_known_good is None or old.last_known_good.revision != desired_revision
+    ):
+        result.events.append(
+            EventSpec(
+                "Normal",
+                "RevisionHealthy",
+                f"Revision {desired_revision} ({spec.image}) is fully healthy and is now "
+                "the last known good revision",
+            )
+        )
+    assess_revision = (
+        last_known_good.revision if rolled_back and last_known_good else desired_revision
+    )
+    if assess_revision != desired_revision:
+        assessed = health.assess(
+            dep_obs, pod_obs, fo, now, revision=assess_revision, revision_since=revision_since
+        )
+
+    # --- which track takes traffic, and how big the standby is.
+    standby_configured = fo.standby is not None
+    needed = render.desired_replicas(spec)
+    if needed is None:
+        needed = dep_obs.desired if dep_obs is not None else 1
+    standby_ready = sum(1 for p in health.observe_pods(standby_pods) if p.ready)
+    track = failover.decide_track(
+        health=assessed,
+        state=state,
+        active_track=old.active_track,
+        standby_configured=standby_configured,
+        standby_ready=standby_ready,
+        standby_replicas_needed=needed,
+        failover=fo,
+        now=now,
+    )
+    state = track.state
+    active_track = track.active_track
+    last_failover = old.last_failover
+    if track.switched:
+        last_failover = FailoverEvent(
+            time=ts,
+            from_track=old.active_track or "primary",
+            to_track=active_track,
+            reason=track.reason,
+        )
+        kind = "Warning" if active_track == "standby" else "Normal"
+        result.events.append(
+            EventSpec(kind, "FailedOver" if active_track == "standby" else "FailedBack", track.message)
+        )
+        if active_track == "standby":
+            result.failovers.append(track.reason)
+
+    # --- remediation of stuck pods (never during a rollback or rollout).
+    disruption_allowed: int | None = None
+    if observed.pdb is not None:
+        disruption_allowed = int((observed.pdb.get("status") or {}).get("disruptionsAllowed", 0))
+    remediation = failover.decide_remediation(
+        health=assessed,
+        pods=pod_obs,
+        state=state,
+        failover=fo,
+        disruption_allowed=disruption_allowed,
+        now=now,
+    )
+    state = remediation.state
+    uids = {p["metadata"]["name"]: p["metadata"].get("uid", "") for p in primary_pods}
+    for pod_name in remediation.pods_to_delete:
+        result.pod_deletes.append((pod_name, uids.get(pod_name, "")))
+    if remediation.pods_to_delete:
+        result.remediations = len(remediation.pods_to_delete)
+        result.events.append(EventSpec("Warning", "PodRemediated", remediation.message))
+
+    # --- render children and compare with the cluster.
+    children = render.build_children(
+        owner,
+        spec,
+        active_track=active_track,
+        source_spec=source_spec,
+        standby_replicas=track.standby_replicas if standby_configured else None,
+    )
+    for key, manifest in children.items():
+        live = observed.child(key)
+        if manifest is None:
+            if live is not None and controlled_by(live, uid):
+                meta = live["metadata"]
+                result.deletes.append((CHILD_KINDS[key], meta["name"], meta.get("uid", "")))
+            continue
+        hashed = with_hash(manifest)
+        if needs_apply(hashed, live):
+            if (
+                key == "deployment"
+                and "replicas" not in hashed.get("spec", {})
+                and owns_replicas(live)
+                and live is not None
+            ):
+                result.handoff = live
+            result.applies.append(hashed)
+
+    # --- status.
+    status = _status(
+        spec=spec,
+        old=old,
+        generation=generation,
+        ts=ts,
+        assessed=assessed,
+        dep=observed.deployment,
+        standby_ready=standby_ready if standby_configured else None,
+        desired_revision=desired_revision,
+        running_revision=running_revision,
+        rolled_back=rolled_back,
+        decision=decision,
+        track=track,
+        active_track=active_track,
+        name=name,
+    )
+    status = status.model_copy(
+        update={
+            "last_known_good_revision": last_known_good.revision if last_known_good else None,
+            "last_known_good": last_known_good,
+            "quarantined_revision": quarantine.revision if quarantine else None,
+            "quarantine": quarantine,
+            "last_failover": last_failover,
+            "failover_state": state if standby_configured or state.remediations else
+            FailoverState(revision_since=state.revision_since),
+        }
+    )
+    _finish_status(result, ms.get("status"), status)
+    result.gauges = Gauges(
+        desired=assessed.desired,
+        ready=assessed.ready,
+        available=assessed.available,
+        unavailable=max(0, assessed.desired - assessed.available),
+        updated=assessed.updated,
+        healthy_ratio=assessed.ratio,
+        ready_flag=conditions.is_true(status.conditions, "Ready"),
+        active_track=active_track,
+    )
+    waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
+    if not assessed.fully_healthy:
+        # Re-check by the rollout deadline and the stuck-pod horizon even without events.
+        waits.append(max(1.0, (revision_since - now).total_seconds() + fo.progress_deadline_seconds))
+    result.requeue_after = min(waits) if waits else None
+    return result
+
+
+def _status(
+    *,
+    spec: MicroServiceSpec,
+    old: MicroServiceStatus,
+    generation: int,
+    ts: str,
+    assessed: health.Health,
+    dep: dict[str, Any] | None,
+    standby_ready: int | None,
+    desired_revision: str,
+    running_revision: str | None,
+    rolled_back: bool,
+    decision: failover.RollbackDecision,
+    track: failover.TrackDecision,
+    active_track: str,
+    name: str,
+) -> MicroServiceStatus:
+    """Status and conditions from the assessment; conditions keep their transition times."""
+    prev = old.conditions
+    dep_status = (dep or {}).get("status") or {}
+    desired = assessed.desired
+    on_standby = active_track == "standby"
+    rolling = dep is None or not assessed.fully_healthy and not assessed.deadline_exceeded
+    bad = decision.action in ("rollback", "stay_rolled_back", "degraded_no_rollback")
+
+    def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
+        return conditions.make(prev, type_, status, reason, message, generation=generation, now=ts)
+
+    if dep is None:
+        ready = cond("Ready", False, "Pending", "Deployment not created yet")
+    elif on_standby:
+        ok = (standby_ready or 0) > 0
+        ready = cond(
+            "Ready",
+            ok,
+            "ServingFromStandby" if ok else "StandbyNotReady",
+            f"Primary unhealthy ({assessed.summary}); traffic on the standby",
+        )
+    elif assessed.fully_healthy:
+        ready = cond("Ready", True, "Available", assessed.summary)
+    elif bad and not rolled_back:
+        ready = cond("Ready", False, decision.reason, decision.message)
+    else:
+        ready = cond("Ready", False, "NotReady" if not rolling else "RollingOut", assessed.summary)
+
+    if dep is None or (rolling and not bad):
+        progressing = cond("Progressing", True, "RollingOut", f"Rolling out: {assessed.summary}")
+    elif assessed.deadline_exceeded and not rolled_back:
+        progressing = cond("Progressing", False, "ProgressDeadlineExceeded", decision.message)
+    else:
+        progressing = cond("Progressing", False, "RolloutComplete", assessed.summary)
+
+    if rolled_back:
+        degraded = cond("Degraded", True, "RolledBack", decision.message)
+    elif bad:
+        degraded = cond("Degraded", True, decision.reason, decision.message)
+    elif on_standby:
+        degraded = cond("Degraded", True, "PrimaryUnhealthy", assessed.summary)
+    elif dep is not None and not assessed.fully_healthy and not rolling:
+        degraded = cond("Degraded", True, "ReplicasUnavailable", assessed.summary)
+    else:
+        degraded = cond("Degraded", False, "AsExpected", "")
+
+    conds = [ready, progressing, degraded]
+    if rolled_back:
+        conds.append(cond("RolledBack", True, decision.reason, decision.message))
+    elif conditions.find(prev, "RolledBack") is not None:
+        conds.append(cond("RolledBack", False, "SpecChanged", "Running the desired revision"))
+    if spec.failover.standby is not None or conditions.find(prev, "FailedOver") is not None:
+        if on_standby:
+            conds.append(cond("FailedOver", True, track.reason or "PrimaryUnhealthy", track.message))
+        else:
+            conds.append(cond("FailedOver", False, "PrimaryHealthy", "Traffic on the primary"))
+    stalled = bad and not rolled_back
+    reconciling = not stalled and (rolling or dep is None)
+    conds.append(
+        cond("Reconciling", reconciling, "RollingOut" if reconciling else "Reconciled",
+             assessed.summary if reconciling else "")
+    )
+    conds.append(
+        cond("Stalled", stalled, decision.reason if stalled else "AsExpected",
+             decision.message if stalled else "")
+    )
+
+    if on_standby:
+        phase = "FailedOver"
+    elif dep is None:
+        phase = "Pending"
+    elif assessed.fully_healthy and not rolled_back:
+        phase = "Running"
+    elif rolled_back or bad or not rolling:
+        phase = "Degraded"
+    else:
+        phase = "Progressing"
+
+    return old.model_copy(
+        update={
+            "observed_generation": generation,
+            "replicas": int(dep_status.get("replicas", 0)),
+            "ready_replicas": int(dep_status.get("readyReplicas", 0)),
+            "available_replicas": int(dep_status.get("availableReplicas", 0)),
+            "updated_replicas": int(dep_status.get("updatedReplicas", 0)),
+            "standby_ready_replicas": standby_ready,
+            "selector": render.selector_string(name, "primary"),
+            "phase": phase,
+            "ready": f"{assessed.ready}/{desired}",
+            "active_track": active_track,
+            "current_revision": running_revision,
+            "desired_revision": desired_revision,
+            "conditions": conditions.merge(prev, conds),
+        }
+    )

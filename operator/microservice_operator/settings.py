@@ -1,0 +1,118 @@
+"""Operator settings, from command-line flags with environment fallbacks.
+
+Every flag has an ``MSO_*`` environment variable so the same image is configured
+from a Deployment's env or from a shell, and ``--help`` documents both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+FIELD_MANAGER = "microservice-operator"
+HANDOFF_FIELD_MANAGER = "microservice-operator-handoff"
+LABEL_PREFIX = "mso.dev"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved operator settings."""
+
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 8080
+    health_port: int = 8081
+    log_level: str = "INFO"
+    workers: int = 8
+    peering: str | None = None
+    resync_seconds: float = 300.0
+    standalone: bool = field(default=True)
+
+    @property
+    def clusterwide(self) -> bool:
+        """Whether every namespace is watched (no --namespace given)."""
+        return not self.namespaces
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{key} must be an integer, got {raw!r}") from exc
+
+
+def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; environment variables provide the defaults."""
+    env = os.environ if env is None else env
+    namespaces = [n.strip() for n in env.get("MSO_NAMESPACES", "").split(",") if n.strip()]
+    p = argparse.ArgumentParser(
+        prog="microservice-operator",
+        description="Keeps MicroService resources (mso.dev/v1alpha1) alive: Deployment, "
+        "Service, HPA, PodDisruptionBudget and health-based failover.",
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        dest="namespaces",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="Watch only this namespace (repeatable). Default: all namespaces. "
+        f"Env: MSO_NAMESPACES (comma-separated). Current default: {namespaces or 'all'}",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int(env, "MSO_METRICS_PORT", 8080),
+        help="Port of the Prometheus /metrics endpoint; 0 disables it. Env: MSO_METRICS_PORT. "
+        "Default: %(default)s",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=_env_int(env, "MSO_HEALTH_PORT", 8081),
+        help="Port of the liveness endpoint /healthz; 0 disables it. Env: MSO_HEALTH_PORT. "
+        "Default: %(default)s",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env.get("MSO_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="Log level. Env: MSO_LOG_LEVEL. Default: %(default)s",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_env_int(env, "MSO_WORKERS", 8),
+        help="MicroServices reconciled in parallel. Env: MSO_WORKERS. Default: %(default)s",
+    )
+    p.add_argument(
+        "--peering",
+        default=env.get("MSO_PEERING") or None,
+        help="kopf peering name for running several replicas with one active "
+        "(needs the kopf peering CRDs). Env: MSO_PEERING. Default: standalone",
+    )
+    p.set_defaults(env_namespaces=namespaces)
+    return p
+
+
+def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Flags first, then ``MSO_*`` environment variables, then built-in defaults."""
+    args = parser(env).parse_args(argv)
+    namespaces = tuple(args.namespaces or args.env_namespaces)
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    return Settings(
+        namespaces=namespaces,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        log_level=args.log_level,
+        workers=args.workers,
+        peering=args.peering,
+        standalone=args.peering is None,
+    )
