@@ -24,13 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # kopf's own per-object chatter stays at WARNING unless we debug.
     if settings.log_level != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from . import handlers  # noqa: F401, PLC0415  (registers the kopf handlers on import)
 
     metrics = OperatorMetrics()
     server = metrics.serve(settings.metrics_port) if settings.metrics_port else None
-    liveness = (
-        f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    )
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     memo = kopf.Memo(settings=settings, metrics=metrics)
     try:
         asyncio.run(

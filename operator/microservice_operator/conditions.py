@@ -40,11 +40,7 @@ def make(
     now: str,
 ) -> Condition:
     """A condition, keeping the previous lastTransitionTime unless the status flips."""
-    value: ConditionStatus
-    if isinstance(status, bool):
-        value = "True" if status else "False"
-    else:
-        value = status
+    value: ConditionStatus = ("True" if status else "False") if isinstance(status, bool) else status
     old = find(previous, type_)
     since = old.last_transition_time if old is not None and old.status == value else now
     return Condition(

@@ -7,6 +7,7 @@ while the operator is down, and the operator's only writes are its own.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -94,13 +95,9 @@ def _child_handler(kind: str) -> Any:
 
 
 for _res in CHILD_RESOURCES:
-    kopf.on.event(_res.group, _res.version, _res.plural, labels=MANAGED)(
-        _child_handler(_res.kind)
-    )
+    kopf.on.event(_res.group, _res.version, _res.plural, labels=MANAGED)(_child_handler(_res.kind))
 
 
 def dict_of(body: kopf.Body) -> dict[str, Any]:
     """A plain, detached dict of a kopf body (kopf reuses and mutates its views)."""
-    import copy
-
     return copy.deepcopy(dict(body))

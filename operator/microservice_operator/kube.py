@@ -87,24 +87,24 @@ class KubeError(Exception):
         return self.status in (400, 422)
 
 
-def _error(exc: ApiException) -> KubeError:
-    message = exc.reason or ""
-    reason = exc.reason or ""
+def _error_from(status: int, raw: bytes | None) -> KubeError:
+    """A KubeError carrying the API server's Status message, if it sent one."""
+    message = reason = f"HTTP {status}"
     try:
-        body = json.loads(exc.body or "{}")
-        message = body.get("message", message)
-        reason = body.get("reason", reason)
-    except (ValueError, TypeError):
+        body = json.loads(raw or b"{}")
+        message = str(body.get("message", message))
+        reason = str(body.get("reason", reason))
+    except (ValueError, TypeError, AttributeError):
         pass
-    return KubeError(int(exc.status or 0), str(reason), str(message))
+    return KubeError(status, reason, message)
 
 
 def load_api_client() -> client.ApiClient:
     """An API client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
     # Enough connections for the reconcile workers plus watches' list calls.
     cfg.connection_pool_maxsize = 32
@@ -132,23 +132,26 @@ class Kube:
     ) -> dict[str, Any]:
         code = "error"
         try:
-            resp = self.api.call_api(
-                path,
-                method,
+            method, url, headers, _, _ = self.api.param_serialize(
+                method=method,
+                resource_path=path,
                 query_params=query or [],
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
                 auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-                _request_timeout=30,
             )
+            data = json.dumps(body) if body is not None else None
+            resp = self.api.call_api(
+                method, url, header_params=headers, body=data, _request_timeout=30
+            )
+            raw = resp.read()  # type: ignore[no-untyped-call]
             code = str(resp.status)
-            data = resp.data
-            return json.loads(data) if data else {}
-        except ApiException as exc:
-            code = str(exc.status)
-            raise _error(exc) from exc
+            if resp.status >= 400:
+                raise _error_from(resp.status, raw)
+            parsed: dict[str, Any] = json.loads(raw) if raw else {}
+            return parsed
+        except ApiException as exc:  # transport-level failures
+            code = str(exc.status or "error")
+            raise KubeError(int(exc.status or 0), str(exc.reason or "Error"), str(exc)) from exc
         finally:
             if self._on_request is not None:
                 self._on_request(verb, resource.plural, code)

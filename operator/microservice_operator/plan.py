@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubernetes.utils import parse_quantity
 from pydantic import ValidationError
 
 from . import conditions, failover, health, render
@@ -24,7 +25,6 @@ from .api import (
     FailoverState,
     MicroServiceSpec,
     MicroServiceStatus,
-    QuarantineRecord,
     RevisionRecord,
 )
 from .settings import FIELD_MANAGER
@@ -138,8 +138,6 @@ def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _quantity_equal(a: str, b: str) -> bool:
     try:
-        from kubernetes.utils import parse_quantity
-
         return bool(parse_quantity(a) == parse_quantity(b))
     except (ValueError, TypeError):
         return False
@@ -237,9 +235,7 @@ def _meta(ms: dict[str, Any]) -> tuple[str, str, str, int]:
     return meta["namespace"], meta["name"], meta.get("uid", ""), int(meta.get("generation", 1))
 
 
-def _finish_status(
-    plan: Plan, old_raw: dict[str, Any] | None, status: MicroServiceStatus
-) -> None:
+def _finish_status(plan: Plan, old_raw: dict[str, Any] | None, status: MicroServiceStatus) -> None:
     new = status.dump()
     plan.status = new
     plan.status_changed = new != (old_raw or {})
@@ -253,7 +249,9 @@ def plan_invalid(ms: dict[str, Any], error: str, now: datetime) -> Plan:
     prev = old.conditions
     conds = [
         conditions.make(prev, "Ready", False, "InvalidSpec", error, generation=generation, now=ts),
-        conditions.make(prev, "Reconciling", False, "InvalidSpec", "", generation=generation, now=ts),
+        conditions.make(
+            prev, "Reconciling", False, "InvalidSpec", "", generation=generation, now=ts
+        ),
         conditions.make(prev, "Stalled", True, "InvalidSpec", error, generation=generation, now=ts),
     ]
     status = old.model_copy(
@@ -299,7 +297,7 @@ def plan_error(ms: dict[str, Any], plan: Plan, reason: str, message: str, now: d
     return out
 
 
-def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:  # noqa: C901
+def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     """Decide one reconcile of ``ms`` given what the cluster holds, at time ``now``."""
     namespace, name, uid, generation = _meta(ms)
     try:
@@ -408,7 +406,9 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:  # noqa
         )
         kind = "Warning" if active_track == "standby" else "Normal"
         result.events.append(
-            EventSpec(kind, "FailedOver" if active_track == "standby" else "FailedBack", track.message)
+            EventSpec(
+                kind, "FailedOver" if active_track == "standby" else "FailedBack", track.message
+            )
         )
         if active_track == "standby":
             result.failovers.append(track.reason)
@@ -483,8 +483,9 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:  # noqa
             "quarantined_revision": quarantine.revision if quarantine else None,
             "quarantine": quarantine,
             "last_failover": last_failover,
-            "failover_state": state if standby_configured or state.remediations else
-            FailoverState(revision_since=state.revision_since),
+            "failover_state": state
+            if standby_configured or state.remediations
+            else FailoverState(revision_since=state.revision_since),
         }
     )
     _finish_status(result, ms.get("status"), status)
@@ -501,7 +502,9 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:  # noqa
     waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
     if not assessed.fully_healthy:
         # Re-check by the rollout deadline and the stuck-pod horizon even without events.
-        waits.append(max(1.0, (revision_since - now).total_seconds() + fo.progress_deadline_seconds))
+        waits.append(
+            max(1.0, (revision_since - now).total_seconds() + fo.progress_deadline_seconds)
+        )
     result.requeue_after = min(waits) if waits else None
     return result
 
@@ -528,7 +531,7 @@ def _status(
     dep_status = (dep or {}).get("status") or {}
     desired = assessed.desired
     on_standby = active_track == "standby"
-    rolling = dep is None or not assessed.fully_healthy and not assessed.deadline_exceeded
+    rolling = dep is None or (not assessed.fully_healthy and not assessed.deadline_exceeded)
     bad = decision.action in ("rollback", "stay_rolled_back", "degraded_no_rollback")
 
     def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
@@ -576,18 +579,28 @@ def _status(
         conds.append(cond("RolledBack", False, "SpecChanged", "Running the desired revision"))
     if spec.failover.standby is not None or conditions.find(prev, "FailedOver") is not None:
         if on_standby:
-            conds.append(cond("FailedOver", True, track.reason or "PrimaryUnhealthy", track.message))
+            conds.append(
+                cond("FailedOver", True, track.reason or "PrimaryUnhealthy", track.message)
+            )
         else:
             conds.append(cond("FailedOver", False, "PrimaryHealthy", "Traffic on the primary"))
     stalled = bad and not rolled_back
     reconciling = not stalled and (rolling or dep is None)
     conds.append(
-        cond("Reconciling", reconciling, "RollingOut" if reconciling else "Reconciled",
-             assessed.summary if reconciling else "")
+        cond(
+            "Reconciling",
+            reconciling,
+            "RollingOut" if reconciling else "Reconciled",
+            assessed.summary if reconciling else "",
+        )
     )
     conds.append(
-        cond("Stalled", stalled, decision.reason if stalled else "AsExpected",
-             decision.message if stalled else "")
+        cond(
+            "Stalled",
+            stalled,
+            decision.reason if stalled else "AsExpected",
+            decision.message if stalled else "",
+        )
     )
 
     if on_standby:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Hashable
 from typing import Any
 
 Key = tuple[str, str]
@@ -114,14 +113,14 @@ class WorkQueue:
     """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._queued: set[Hashable] = set()
-        self._active: set[Hashable] = set()
-        self._dirty: set[Hashable] = set()
-        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._shutdown = False
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Key) -> None:
         """Queue ``key`` now (no-op if already queued)."""
         if self._shutdown:
             return
@@ -133,7 +132,7 @@ class WorkQueue:
         self._queued.add(key)
         self._queue.put_nowait(key)
 
-    def add_after(self, key: Hashable, delay: float) -> None:
+    def add_after(self, key: Key, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds; an earlier pending timer wins."""
         if self._shutdown:
             return
@@ -151,21 +150,21 @@ class WorkQueue:
 
         self._timers[key] = loop.call_at(when, fire)
 
-    async def get(self) -> Hashable:
+    async def get(self) -> Key:
         """The next key to process; the caller must call :meth:`done` afterwards."""
         key = await self._queue.get()
         self._queued.discard(key)
         self._active.add(key)
         return key
 
-    def done(self, key: Hashable) -> None:
+    def done(self, key: Key) -> None:
         """Mark processing of ``key`` finished, re-queueing it if it was triggered meanwhile."""
         self._active.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)
             self.add(key)
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: Key) -> None:
         """Drop pending timers of ``key`` (its object is gone)."""
         timer = self._timers.pop(key, None)
         if timer is not None:
