@@ -65,9 +65,9 @@ class Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry; the API server returns ``message`` as is."""
-    out = {"rule": rule, "message": message}
+    out: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
@@ -406,7 +406,11 @@ class MicroServiceSpec(Model):
     env_from: list[FreeForm] | None = Field(
         None, description="Sources of environment variables (configMapRef, secretRef)."
     )
-    ports: list[Port] | None = Field(None, description="Ports the container listens on.")
+    ports: list[Port] | None = Field(
+        None,
+        max_length=64,
+        description="Ports the container listens on (at most 64).",
+    )
     resources: Resources | None = Field(None, description="Container compute resources.")
     probes: Probes | None = Field(None, description="Health probes; defaulted from the first port.")
     service: ServiceSpec = Field(
