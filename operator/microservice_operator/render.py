@@ -1,0 +1,503 @@
+"""Render a MicroService spec into the manifests of its children (pure, no I/O).
+
+Every child is written with server-side apply, which makes the rendered dict the
+operator's *claim of ownership*: each field present here is owned by the field manager
+``microservice-operator``, every field left out belongs to someone else (the API
+server's defaults, an HPA, another tool's annotations). So the builders emit only the
+fields we mean to enforce, never ``null`` or empty values, and always ``apiVersion``,
+``kind`` and ``metadata`` (apply needs them). Being pure functions of the spec, they
+are cheap to test with golden files and give the same output on every reconcile,
+which is what keeps a steady state free of writes.
+
+Naming: the primary Deployment and the Service share the MicroService's name; the warm
+standby is ``<name>-standby``. Pods carry ``mso.dev/track`` so the Service can move
+between tracks and each Deployment selects only its own pods.
+
+Revisions: ``revision()`` hashes the rendered primary pod template; the hash is set as
+the annotation ``mso.dev/revision`` on the template (an annotation, not a label: nothing
+selects on it, and the Deployment controller's ``pod-template-hash`` already labels
+the pods). Failover uses it to recognise a release that reached health, and rollback
+renders the template again from the last known good spec (``source_spec``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from microservice_operator import api
+from microservice_operator.api import MicroServiceSpec, Probe, Standby, Track
+
+Manifest = dict[str, Any]
+
+ChildKey = Literal["deployment", "standby", "service", "hpa", "pdb"]
+
+PRIMARY: Track = "primary"
+STANDBY: Track = "standby"
+MANAGED_BY = "microservice-operator"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+TRACK_LABEL = f"{api.GROUP}/track"
+REVISION_ANNOTATION = f"{api.GROUP}/revision"
+CONTAINER_NAME = "app"
+REVISION_HISTORY_LIMIT = 5
+DEFAULT_CPU_TARGET = 80
+
+CHILD_KINDS: dict[ChildKey, tuple[str, str]] = {
+    "deployment": ("apps/v1", "Deployment"),
+    "standby": ("apps/v1", "Deployment"),
+    "service": ("v1", "Service"),
+    "hpa": ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    "pdb": ("policy/v1", "PodDisruptionBudget"),
+}
+"""apiVersion and kind of each child key, so a caller can delete a child rendered as None."""
+
+# Timings of the probes derived from the first port; explicit ones in spec.probes win.
+_PROBE_DEFAULTS: dict[str, dict[str, int]] = {
+    "readiness": {"periodSeconds": 5},
+    "liveness": {"initialDelaySeconds": 10},
+    "startup": {},
+}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The MicroService that owns the children: what ownerReferences and names need."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(owner: Owner) -> Manifest:
+    """A controller ownerReference, so the garbage collector deletes children with the
+    MicroService (no finalizer needed) and watches can map a child back to its owner."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def common_labels(name: str) -> dict[str, str]:
+    """Labels on every child: the recommended app.kubernetes.io set, so tools (and the
+    operator's own watches) can find everything belonging to one MicroService."""
+    return {
+        NAME_LABEL: name,
+        INSTANCE_LABEL: name,
+        MANAGED_BY_LABEL: MANAGED_BY,
+    }
+
+
+def selector_labels(name: str, track: Track) -> dict[str, str]:
+    """The pod selector of one track. Minimal on purpose: Deployment selectors are
+    immutable, so nothing that might ever change (image, version) belongs here."""
+    return {INSTANCE_LABEL: name, TRACK_LABEL: track}
+
+
+def selector_string(name: str, track: Track = PRIMARY) -> str:
+    """``selector_labels`` as a label-selector string, for ``status.selector`` (the scale
+    subresource and ``kubectl get pods -l``)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name, track).items()))
+
+
+def child_name(name: str, key: ChildKey) -> str:
+    """Name of a child: the MicroService's own, except ``<name>-standby``."""
+    return f"{name}-standby" if key == "standby" else name
+
+
+def _metadata(
+    owner: Owner,
+    name: str,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": owner.namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    meta["ownerReferences"] = [owner_reference(owner)]
+    return meta
+
+
+# --------------------------------------------------------------------------- pod template
+
+
+def _probe(kind: str, probe: Probe | None, first_port: str | None) -> Manifest | None:
+    """One container probe. Without configuration: a TCP check of the first port (none
+    for startup, none without ports). Configured: exec wins over httpGet over tcpSocket;
+    timings not given keep the defaults; ``enabled: false`` removes the probe."""
+    if probe is None:
+        if kind == "startup" or first_port is None:
+            return None
+        return {"tcpSocket": {"port": first_port}, **_PROBE_DEFAULTS[kind]}
+    if not probe.enabled:
+        return None
+    port = probe.port if probe.port is not None else first_port
+    handler: Manifest
+    if probe.exec_command:
+        handler = {"exec": {"command": list(probe.exec_command)}}
+    elif port is None:
+        return None  # nothing to connect to
+    elif probe.http_get_path is not None:
+        handler = {"httpGet": {"path": probe.http_get_path, "port": port}}
+    else:
+        handler = {"tcpSocket": {"port": port}}
+    timings = dict(_PROBE_DEFAULTS[kind])
+    for key, value in (
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("failureThreshold", probe.failure_threshold),
+        ("successThreshold", probe.success_threshold),
+    ):
+        if value is not None:
+            timings[key] = value
+    return {**handler, **timings}
+
+
+def _container(spec: MicroServiceSpec) -> Manifest:
+    c: Manifest = {"name": CONTAINER_NAME, "image": spec.image}
+    if spec.image_pull_policy:
+        c["imagePullPolicy"] = spec.image_pull_policy
+    if spec.command:
+        c["command"] = list(spec.command)
+    if spec.args:
+        c["args"] = list(spec.args)
+    if spec.env:
+        c["env"] = [e.dump() for e in spec.env]
+    if spec.env_from:
+        c["envFrom"] = copy.deepcopy(spec.env_from)
+    if spec.ports:
+        c["ports"] = [
+            {"name": p.name, "containerPort": p.container_port, "protocol": p.protocol}
+            for p in spec.ports
+        ]
+    if spec.resources:
+        resources = spec.resources.dump()
+        if any(resources.values()):
+            c["resources"] = {k: v for k, v in resources.items() if v}
+    first_port = spec.ports[0].name if spec.ports else None
+    probes = spec.probes or api.Probes()
+    for kind, probe in (
+        ("readiness", probes.readiness),
+        ("liveness", probes.liveness),
+        ("startup", probes.startup),
+    ):
+        rendered = _probe(kind, probe, first_port)
+        if rendered is not None:
+            c[f"{kind}Probe"] = rendered
+    sc = spec.security_context
+    capabilities: Manifest = {}
+    if sc.drop_capabilities:
+        capabilities["drop"] = list(sc.drop_capabilities)
+    if sc.add_capabilities:
+        capabilities["add"] = list(sc.add_capabilities)
+    c["securityContext"] = {
+        "allowPrivilegeEscalation": sc.allow_privilege_escalation,
+        "readOnlyRootFilesystem": sc.read_only_root_filesystem,
+    }
+    if capabilities:
+        c["securityContext"]["capabilities"] = capabilities
+    return c
+
+
+def _pod_security_context(spec: MicroServiceSpec) -> Manifest:
+    sc = spec.security_context
+    out: Manifest = {"runAsNonRoot": sc.run_as_non_root}
+    for key, value in (
+        ("runAsUser", sc.run_as_user),
+        ("runAsGroup", sc.run_as_group),
+        ("fsGroup", sc.fs_group),
+    ):
+        if value is not None:
+            out[key] = value
+    out["seccompProfile"] = {"type": sc.seccomp_profile}
+    return out
+
+
+def _template(
+    spec: MicroServiceSpec,
+    name: str,
+    track: Track,
+    placement: Standby | None,
+    revision_hash: str | None,
+) -> Manifest:
+    pt = spec.pod_template or api.PodTemplate()
+    labels = {**(pt.labels or {}), **common_labels(name), **selector_labels(name, track)}
+    annotations = dict(pt.annotations or {})
+    if revision_hash is not None:
+        annotations[REVISION_ANNOTATION] = revision_hash
+    metadata: Manifest = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
+
+    node_selector = pt.node_selector
+    tolerations = pt.tolerations
+    affinity = pt.affinity
+    spread = pt.topology_spread_constraints
+    if placement is not None:  # standby overrides replace the pod template's, field by field
+        node_selector = placement.node_selector or node_selector
+        tolerations = placement.tolerations or tolerations
+        affinity = placement.affinity or affinity
+        spread = placement.topology_spread_constraints or spread
+
+    pod: Manifest = {
+        "containers": [_container(spec)],
+        "securityContext": _pod_security_context(spec),
+    }
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = copy.deepcopy(tolerations)
+    if affinity:
+        pod["affinity"] = copy.deepcopy(affinity)
+    if spread:
+        pod["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": selector_labels(name, track)}, **copy.deepcopy(c)}
+            for c in spread
+        ]
+    if pt.service_account_name:
+        pod["serviceAccountName"] = pt.service_account_name
+    if pt.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in pt.image_pull_secrets]
+    if pt.priority_class_name:
+        pod["priorityClassName"] = pt.priority_class_name
+    if pt.termination_grace_period_seconds is not None:
+        pod["terminationGracePeriodSeconds"] = pt.termination_grace_period_seconds
+    return {"metadata": metadata, "spec": pod}
+
+
+def revision(spec: MicroServiceSpec, name: str) -> str:
+    """A short, stable hash of what the pods run: the rendered primary pod template
+    (without its own revision annotation). Replica counts, autoscaling, the Service or
+    failover settings do not change it, so only a real release starts a new revision,
+    and the same spec always maps to the same revision across operator restarts."""
+    template = _template(spec, name, PRIMARY, None, None)
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def pod_template(spec: MicroServiceSpec, name: str, track: Track = PRIMARY) -> Manifest:
+    """The pod template of one track, annotated with the spec's revision.
+
+    The standby runs the same revision as the primary, placed by
+    ``spec.failover.standby`` where that sets nodeSelector, tolerations, affinity or
+    topologySpreadConstraints.
+    """
+    placement = spec.failover.standby if track == STANDBY else None
+    return _template(spec, name, track, placement, revision(spec, name))
+
+
+# --------------------------------------------------------------------------- children
+
+
+def desired_replicas(spec: MicroServiceSpec) -> int | None:
+    """The replica count the operator owns: ``spec.replicas``, or None while an HPA
+    owns it (the field is then left out of the applied Deployment: no tug of war)."""
+    return None if spec.autoscaling is not None else spec.replicas
+
+
+def build_deployment(
+    owner: Owner,
+    spec: MicroServiceSpec,
+    *,
+    track: Track = PRIMARY,
+    replicas: int | None,
+    source_spec: MicroServiceSpec | None = None,
+) -> Manifest:
+    """The Deployment of one track.
+
+    ``replicas=None`` leaves ``spec.replicas`` out, giving up its ownership (HPA).
+    ``source_spec`` renders the whole pod template from another spec, the last known
+    good one after a rollback: the template is the unit a revision names, so it is
+    restored as a whole. Deployment-level settings (strategy, progress deadline) and the
+    standby's placement still come from ``spec``: they are not part of a revision and
+    express how the user wants things rolled out and placed now.
+    """
+    template_spec = source_spec if source_spec is not None else spec
+    placement = spec.failover.standby if track == STANDBY else None
+    template = _template(
+        template_spec, owner.name, track, placement, revision(template_spec, owner.name)
+    )
+    strategy = spec.strategy or api.Strategy()
+    key: ChildKey = "standby" if track == STANDBY else "deployment"
+    body: Manifest = {}
+    if replicas is not None:
+        body["replicas"] = replicas
+    body |= {
+        "selector": {"matchLabels": selector_labels(owner.name, track)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": strategy.max_surge,
+                "maxUnavailable": strategy.max_unavailable,
+            },
+        },
+        "progressDeadlineSeconds": spec.failover.progress_deadline_seconds,
+        "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
+        "template": template,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            owner,
+            child_name(owner.name, key),
+            {**common_labels(owner.name), TRACK_LABEL: track},
+        ),
+        "spec": body,
+    }
+
+
+def build_service(
+    owner: Owner, spec: MicroServiceSpec, *, active_track: Track = PRIMARY
+) -> Manifest | None:
+    """The Service, selecting the pods of ``active_track`` (failover moves it by
+    re-rendering with another track). None when disabled or nothing is exposed.
+
+    Ports target the container port by name, so a containerPort change needs no Service
+    change. Type ``None`` renders a headless ClusterIP Service.
+    """
+    svc = spec.service
+    if not svc.enabled:
+        return None
+    ports: list[Manifest] = []
+    for p in spec.ports or []:
+        if p.service_port is None:
+            continue
+        port: Manifest = {
+            "name": p.name,
+            "port": p.service_port,
+            "targetPort": p.name,
+            "protocol": p.protocol,
+        }
+        if p.node_port is not None and svc.type in ("NodePort", "LoadBalancer"):
+            port["nodePort"] = p.node_port
+        ports.append(port)
+    if not ports:
+        return None
+    body: Manifest = {"type": "ClusterIP" if svc.type == "None" else svc.type}
+    if svc.type == "None":
+        body["clusterIP"] = "None"
+    body["selector"] = selector_labels(owner.name, active_track)
+    body["ports"] = ports
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            owner,
+            owner.name,
+            {**(svc.labels or {}), **common_labels(owner.name)},
+            svc.annotations,
+        ),
+        "spec": body,
+    }
+
+
+def build_hpa(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
+    """An autoscaling/v2 HorizontalPodAutoscaler for the primary Deployment, or None
+    without ``spec.autoscaling``. CPU targets 80% when no target is given, because an
+    HPA without metrics does nothing."""
+    a = spec.autoscaling
+    if a is None:
+        return None
+    cpu = a.target_cpu_utilization_percentage
+    memory = a.target_memory_utilization_percentage
+    if cpu is None and memory is None:
+        cpu = DEFAULT_CPU_TARGET
+    metrics = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": resource,
+                "target": {"type": "Utilization", "averageUtilization": target},
+            },
+        }
+        for resource, target in (("cpu", cpu), ("memory", memory))
+        if target is not None
+    ]
+    body: Manifest = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+        "minReplicas": a.min_replicas,
+        "maxReplicas": a.max_replicas,
+        "metrics": metrics,
+    }
+    if a.behavior:
+        body["behavior"] = copy.deepcopy(a.behavior)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, owner.name, common_labels(owner.name)),
+        "spec": body,
+    }
+
+
+def build_pdb(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
+    """A policy/v1 PodDisruptionBudget over the primary's pods, or None without
+    ``spec.availability``.
+
+    ``unhealthyPodEvictionPolicy: AlwaysAllow`` lets a drain evict pods that are not
+    Ready anyway: protecting broken pods would only block node maintenance.
+    """
+    av = spec.availability
+    if av is None:
+        return None
+    body: Manifest = {"selector": {"matchLabels": selector_labels(owner.name, PRIMARY)}}
+    if av.min_available is not None:
+        body["minAvailable"] = av.min_available
+    elif av.max_unavailable is not None:
+        body["maxUnavailable"] = av.max_unavailable
+    else:
+        return None
+    body["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.name, common_labels(owner.name)),
+        "spec": body,
+    }
+
+
+def build_children(
+    owner: Owner,
+    spec: MicroServiceSpec,
+    *,
+    active_track: Track = PRIMARY,
+    source_spec: MicroServiceSpec | None = None,
+    standby_replicas: int | None = None,
+) -> dict[ChildKey, Manifest | None]:
+    """Every child the MicroService should have, keyed by a stable child key.
+
+    None means "must not exist": the caller deletes it (see ``CHILD_KINDS`` and
+    ``child_name``), which is how removing autoscaling removes the HPA. The standby
+    keeps ``failover.standby.replicas`` unless ``standby_replicas`` asks for more (the
+    failover logic scales it up before moving traffic). Traffic never goes to a track
+    that is not configured: without a standby the Service stays on the primary.
+    """
+    standby = spec.failover.standby
+    if standby is None:
+        active_track = PRIMARY
+    return {
+        "deployment": build_deployment(
+            owner, spec, track=PRIMARY, replicas=desired_replicas(spec), source_spec=source_spec
+        ),
+        "standby": None
+        if standby is None
+        else build_deployment(
+            owner,
+            spec,
+            track=STANDBY,
+            replicas=standby.replicas if standby_replicas is None else standby_replicas,
+            source_spec=source_spec,
+        ),
+        "service": build_service(owner, spec, active_track=active_track),
+        "hpa": build_hpa(owner, spec),
+        "pdb": build_pdb(owner, spec),
+    }
