@@ -1,0 +1,546 @@
+"""Prometheus metrics of the operator and of every MicroService it manages.
+
+Platform teams alert on these series, so they are a public interface: names carry the
+``mso_`` prefix, labels are ``namespace``/``name`` of the MicroService plus small fixed
+enums (never pod names, images or revisions), and every free-form reason is folded into
+a bounded set so that a typo or a new code path cannot blow up the series count — the
+controller OOMs that label cardinality causes elsewhere are exactly what users fear.
+
+Everything lives in one :class:`~prometheus_client.CollectorRegistry` per
+:class:`OperatorMetrics` (not the library's global default), so tests get a clean slate
+and the exposition contains only what we document. Handlers use the module-level
+:data:`METRICS`; the per-MicroService series are removed with :meth:`OperatorMetrics.forget`
+when the MicroService is deleted.
+
+Per-MicroService counters are created at zero when the MicroService is first observed:
+``increase()`` cannot see a series that is born at 1, and the "rolled back" alert would
+miss the first rollback otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
+from importlib import metadata
+from socket import AF_INET6
+from typing import Any, Final, Literal
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    MetricsHandler,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+__all__ = [
+    "FAILOVER_REASONS",
+    "KUBE_RESOURCES",
+    "KUBE_VERBS",
+    "METRICS",
+    "RECONCILE_ERROR_REASONS",
+    "REPLICA_STATES",
+    "ROLLBACK_REASONS",
+    "TRACKS",
+    "MetricsServer",
+    "OperatorMetrics",
+    "error_reason",
+    "render",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+# No `*_created` series next to every counter and histogram: in the text format they are
+# extra gauges (one per MicroService and reason) that nothing here reads. The switch is
+# process-wide in prometheus_client; the operator owns its process.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
+OTHER: Final = "Other"
+
+REPLICA_STATES: Final = ("desired", "ready", "available", "unavailable", "updated")
+TRACKS: Final = ("primary", "standby")
+
+FAILOVER_REASONS: Final = ("PrimaryUnhealthy", "PrimaryRecovered", "Manual", OTHER)
+"""``PrimaryUnhealthy``: traffic moved to the standby; ``PrimaryRecovered``: it moved back
+(failback); ``Manual``: a user forced the switch."""
+
+ROLLBACK_REASONS: Final = (
+    "ProgressDeadlineExceeded",
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "Unhealthy",
+    OTHER,
+)
+"""Why a revision was judged bad and rolled back to the last known good one."""
+
+RECONCILE_ERROR_REASONS: Final = ("InvalidSpec", "ApiError", "Conflict", "Timeout", OTHER)
+
+KUBE_VERBS: Final = (
+    "get",
+    "list",
+    "watch",
+    "create",
+    "patch",
+    "apply",
+    "delete",
+    "update",
+    "other",
+)
+KUBE_RESOURCES: Final = (
+    "microservices",
+    "deployments",
+    "services",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "pods",
+    "events",
+    "replicasets",
+    "leases",
+    "namespaces",
+    "customresourcedefinitions",
+    "other",
+)
+_KUBE_RESOURCE_BY_KIND: Final = {
+    "microservice": "microservices",
+    "deployment": "deployments",
+    "service": "services",
+    "horizontalpodautoscaler": "horizontalpodautoscalers",
+    "poddisruptionbudget": "poddisruptionbudgets",
+    "pod": "pods",
+    "event": "events",
+    "replicaset": "replicasets",
+    "lease": "leases",
+    "namespace": "namespaces",
+    "customresourcedefinition": "customresourcedefinitions",
+}
+
+RECONCILE_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Seconds. A reconcile is a handful of API round trips (tens of milliseconds); the tail
+buckets catch a slow or throttled API server."""
+
+Track = Literal["primary", "standby"]
+
+
+def _bounded(value: str, allowed: Iterable[str], fallback: str, what: str) -> str:
+    """Fold ``value`` onto one of ``allowed`` (case-insensitively) or ``fallback``."""
+    for candidate in allowed:
+        if value == candidate or value.lower() == candidate.lower():
+            return candidate
+    _warn_unknown(what, value)
+    return fallback
+
+
+_unknown_seen: set[tuple[str, str]] = set()
+_unknown_lock = threading.Lock()
+
+
+def _warn_unknown(what: str, value: str) -> None:
+    """Log an unknown label value once, so a developer notices it was folded away."""
+    key = (what, value[:100])
+    with _unknown_lock:
+        if key in _unknown_seen or len(_unknown_seen) >= 100:
+            return
+        _unknown_seen.add(key)
+    log.warning("Folded unknown %s %r into the catch-all label value", what, value)
+
+
+def _kube_code(code: int | str | None) -> str:
+    """HTTP status as a string ("200", "404"); anything without one is "error"."""
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+        return str(code)
+    if isinstance(code, str) and code.isdigit() and 100 <= int(code) <= 599:
+        return str(int(code))
+    return "error"
+
+
+def _kube_resource(resource: str) -> str:
+    """A plural from KUBE_RESOURCES; kinds ("Deployment") are accepted too."""
+    lowered = resource.lower()
+    if lowered in KUBE_RESOURCES:
+        return lowered
+    if lowered in _KUBE_RESOURCE_BY_KIND:
+        return _KUBE_RESOURCE_BY_KIND[lowered]
+    _warn_unknown("kube resource", resource)
+    return "other"
+
+
+def error_reason(exc: BaseException) -> str:
+    """Classify an exception into one of RECONCILE_ERROR_REASONS.
+
+    Duck-typed so this module needs neither the kubernetes client nor kopf: anything with
+    an integer ``status`` (ApiException, kube.KubeError) is an API error, 409 a conflict,
+    408/504 a timeout; pydantic's ValidationError is an invalid spec.
+    """
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        if status == 409:
+            return "Conflict"
+        if status in (408, 504):
+            return "Timeout"
+        return "ApiError"
+    if isinstance(exc, TimeoutError):
+        return "Timeout"
+    if type(exc).__name__ == "ValidationError":
+        return "InvalidSpec"
+    module = type(exc).__module__
+    if module.startswith(("urllib3", "kubernetes", "aiohttp")):
+        return "ApiError"
+    if isinstance(exc, ConnectionError):
+        return "ApiError"
+    return OTHER
+
+
+def _version() -> str:
+    try:
+        return metadata.version("microservice-operator")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        return "unknown"
+
+
+class _QuietMetricsHandler(MetricsHandler):
+    """The library's handler without a log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _ThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = AF_INET6
+
+
+class MetricsServer:
+    """A running ``/metrics`` endpoint; stop it with :meth:`stop` (or use ``with``)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str) -> None:
+        handler = type(
+            "_Handler",
+            (_QuietMetricsHandler,),
+            {"registry": registry},
+        )
+        server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+        self._server = server_class((host, port), handler)
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long stop() waits at most
+            name=f"metrics-http-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The scrape URL, e.g. http://127.0.0.1:8080/metrics."""
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call twice."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()
+
+    close = stop
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class OperatorMetrics:
+    """All metrics of one operator process, in their own registry.
+
+    Thread-safe: kopf runs sync handlers in a thread pool. ``observe`` and ``forget`` for
+    the same MicroService are serialised so a deletion cannot interleave with an update
+    half-way; the caller must still not ``observe`` after the final ``forget`` (do it
+    from the deletion handler after the daemons/timers of that object have stopped).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, runtime: bool = True) -> None:
+        """``runtime`` adds the process/Python collectors (memory, CPU, GC) — what you
+        look at first when an operator is OOM-killed."""
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self._lock = threading.RLock()
+        self._known: set[tuple[str, str]] = set()
+        if runtime:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            reg.register(GC_COLLECTOR)
+
+        ms = ("namespace", "name")
+        self.replicas = Gauge(
+            "mso_microservice_replicas",
+            "Pods of the MicroService's primary track by state (desired, ready, available, "
+            "unavailable, updated).",
+            [*ms, "state"],
+            registry=reg,
+        )
+        self.healthy_ratio = Gauge(
+            "mso_microservice_healthy_ratio",
+            "Ready pods over desired pods of the primary track (1 when fully healthy).",
+            ms,
+            registry=reg,
+        )
+        self.ready = Gauge(
+            "mso_microservice_ready",
+            "1 when the MicroService's Ready condition is True, else 0.",
+            ms,
+            registry=reg,
+        )
+        self.active_track = Gauge(
+            "mso_microservice_active_track",
+            "1 for the track (primary or standby) the Service sends traffic to, 0 for the other.",
+            [*ms, "track"],
+            registry=reg,
+        )
+        self.failovers = Counter(
+            "mso_failovers",
+            "Traffic switches between the primary and the standby track, by reason.",
+            [*ms, "reason"],
+            registry=reg,
+        )
+        self.rollbacks = Counter(
+            "mso_rollbacks",
+            "Rollbacks of a bad revision to the last known good one, by reason.",
+            [*ms, "reason"],
+            registry=reg,
+        )
+        self.pod_remediations = Counter(
+            "mso_pod_remediations",
+            "Stuck pods deleted so that they are replaced.",
+            ms,
+            registry=reg,
+        )
+        self.reconcile_duration = Histogram(
+            "mso_reconcile_duration_seconds",
+            "Time one reconcile of a MicroService took.",
+            buckets=RECONCILE_BUCKETS,
+            registry=reg,
+        )
+        self.reconcile_errors = Counter(
+            "mso_reconcile_errors",
+            "Reconciles that failed, by reason (InvalidSpec, ApiError, Conflict, Timeout, Other).",
+            ["reason"],
+            registry=reg,
+        )
+        self.kube_requests = Counter(
+            "mso_kube_requests",
+            "Requests the operator sent to the Kubernetes API server, by verb, resource and "
+            'HTTP status code ("error" when there was no response).',
+            ["verb", "resource", "code"],
+            registry=reg,
+        )
+        self.build_info = Gauge(
+            "mso_build_info",
+            "Always 1; the version label says which operator build is running.",
+            ["version"],
+            registry=reg,
+        )
+        self.build_info.labels(version=_version()).set(1)
+        self._per_microservice: tuple[tuple[Gauge | Counter, tuple[str, ...]], ...] = (
+            (self.replicas, (*ms, "state")),
+            (self.healthy_ratio, ms),
+            (self.ready, ms),
+            (self.active_track, (*ms, "track")),
+            (self.failovers, (*ms, "reason")),
+            (self.rollbacks, (*ms, "reason")),
+            (self.pod_remediations, ms),
+        )
+        for reason in RECONCILE_ERROR_REASONS:
+            self.reconcile_errors.labels(reason=reason)
+
+    # ------------------------------------------------------------ per MicroService
+
+    def _ensure(self, namespace: str, name: str) -> None:
+        """Create the counters of a MicroService at zero (see the module docstring)."""
+        key = (namespace, name)
+        if key in self._known:
+            return
+        self._known.add(key)
+        for reason in FAILOVER_REASONS:
+            self.failovers.labels(namespace, name, reason)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(namespace, name, reason)
+        self.pod_remediations.labels(namespace, name)
+
+    def observe(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        desired: int | None,
+        ready: int | None,
+        available: int | None,
+        unavailable: int | None,
+        updated: int | None,
+        healthy_ratio: float,
+        ready_flag: bool,
+        active_track: str,
+    ) -> None:
+        """Record the latest observed state of a MicroService (None counts as 0, as the
+        Deployment status omits zero fields)."""
+        if active_track not in TRACKS:
+            raise ValueError(f"active_track must be one of {TRACKS}, not {active_track!r}")
+        states = {
+            "desired": desired,
+            "ready": ready,
+            "available": available,
+            "unavailable": unavailable,
+            "updated": updated,
+        }
+        with self._lock:
+            self._ensure(namespace, name)
+            for state, value in states.items():
+                self.replicas.labels(namespace, name, state).set(value or 0)
+            self.healthy_ratio.labels(namespace, name).set(healthy_ratio)
+            self.ready.labels(namespace, name).set(1 if ready_flag else 0)
+            for track in TRACKS:
+                self.active_track.labels(namespace, name, track).set(
+                    1 if track == active_track else 0
+                )
+
+    def failover(self, namespace: str, name: str, reason: str) -> None:
+        """Count a traffic switch; unknown reasons count as "Other"."""
+        reason = _bounded(reason, FAILOVER_REASONS, OTHER, "failover reason")
+        with self._lock:
+            self._ensure(namespace, name)
+            self.failovers.labels(namespace, name, reason).inc()
+
+    def rollback(self, namespace: str, name: str, reason: str) -> None:
+        """Count a rollback to the last known good revision; unknown reasons count as "Other"."""
+        reason = _bounded(reason, ROLLBACK_REASONS, OTHER, "rollback reason")
+        with self._lock:
+            self._ensure(namespace, name)
+            self.rollbacks.labels(namespace, name, reason).inc()
+
+    def remediation(self, namespace: str, name: str, count: int = 1) -> None:
+        """Count pods deleted by remediation."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            self._ensure(namespace, name)
+            self.pod_remediations.labels(namespace, name).inc(count)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Remove every series of a MicroService (it was deleted): dashboards and alerts
+        must not show a ghost forever."""
+        with self._lock:
+            self._known.discard((namespace, name))
+            for metric, names in self._per_microservice:
+                # Label values are read back from the metric's own series, so nothing is
+                # missed even if a child was created outside observe()/_ensure().
+                for labelvalues in _label_sets(metric, names):
+                    if labelvalues[:2] == (namespace, name):
+                        metric.remove(*labelvalues)
+
+    def tracked(self) -> frozenset[tuple[str, str]]:
+        """(namespace, name) of every MicroService that has series."""
+        with self._lock:
+            found = set(self._known)
+            for metric, names in self._per_microservice:
+                found.update((lv[0], lv[1]) for lv in _label_sets(metric, names))
+            return frozenset(found)
+
+    def retain(self, keep: Iterable[tuple[str, str]]) -> None:
+        """Forget every MicroService not in ``keep`` — for a periodic sweep or a resync
+        after start-up, in case a deletion was missed while the operator was away."""
+        wanted = set(keep)
+        for namespace, name in self.tracked() - wanted:
+            self.forget(namespace, name)
+
+    # ------------------------------------------------------------ operator
+
+    @contextmanager
+    def time_reconcile(self) -> Iterator[None]:
+        """Observe the duration of the block in mso_reconcile_duration_seconds (also when
+        it raises; errors are counted separately with reconcile_error)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.reconcile_duration.observe(time.perf_counter() - start)
+
+    def reconcile_error(self, reason: str | BaseException) -> None:
+        """Count a failed reconcile. Pass one of RECONCILE_ERROR_REASONS or the exception
+        itself (classified with :func:`error_reason`)."""
+        if isinstance(reason, BaseException):
+            label = error_reason(reason)
+        else:
+            label = _bounded(reason, RECONCILE_ERROR_REASONS, OTHER, "reconcile error reason")
+        self.reconcile_errors.labels(reason=label).inc()
+
+    def kube_request(self, verb: str, resource: str, code: int | str | None) -> None:
+        """Count one API request. Matches kube.RequestHook, so it can be the hook."""
+        verb_label = _bounded(verb, KUBE_VERBS, "other", "kube verb")
+        self.kube_requests.labels(verb_label, _kube_resource(resource), _kube_code(code)).inc()
+
+    # ------------------------------------------------------------ exposition
+
+    def render(self) -> bytes:
+        """The text exposition, as a scrape would see it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> MetricsServer:
+        """Serve /metrics in a background thread; port 0 picks a free port (see .port)."""
+        server = MetricsServer(self.registry, port, host)
+        log.info("Started the metrics endpoint on %s", server.url)
+        return server
+
+
+def _label_sets(metric: Gauge | Counter, names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Label values (in the order of ``names``) of every child of a labelled metric, read
+    from its own samples."""
+    seen: dict[tuple[str, ...], None] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            seen[tuple(sample.labels[n] for n in names)] = None
+    return list(seen)
+
+
+METRICS: Final = OperatorMetrics()
+"""The operator's metrics; handlers and kube.py record into this instance."""
+
+
+def render() -> bytes:
+    """The exposition of :data:`METRICS`."""
+    return METRICS.render()
+
+
+def serve(port: int, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve :data:`METRICS` on /metrics; the returned handle has stop()."""
+    return METRICS.serve(port, host)
