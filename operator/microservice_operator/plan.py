@@ -21,11 +21,9 @@ from pydantic import ValidationError
 from . import conditions, failover, health, render
 from .api import (
     Condition,
-    FailoverEvent,
     FailoverState,
     MicroServiceSpec,
     MicroServiceStatus,
-    RevisionRecord,
 )
 from .settings import FIELD_MANAGER
 
@@ -130,15 +128,15 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 
 def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest carrying its own hash as an annotation."""
-    out = json.loads(json.dumps(manifest))
+    out: dict[str, Any] = json.loads(json.dumps(manifest))
     annotations = out["metadata"].setdefault("annotations", {})
     annotations[APPLIED_HASH] = manifest_hash(manifest)
     return out
 
 
-def _quantity_equal(a: str, b: str) -> bool:
+def _quantity_equal(a: object, b: object) -> bool:
     try:
-        return bool(parse_quantity(a) == parse_quantity(b))
+        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
         return False
 
@@ -159,10 +157,11 @@ def is_subset(desired: Any, live: Any) -> bool:
         return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
     if desired == live:
         return True
-    if isinstance(desired, str) and isinstance(live, str):
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return False
+    if isinstance(desired, str | int | float) and isinstance(live, str | int | float):
+        # The API server canonicalises quantities ("0.5" -> "500m", 1000000 -> "1M").
         return _quantity_equal(desired, live)
-    if isinstance(desired, int | float) and isinstance(live, int | float):
-        return float(desired) == float(live)
     return False
 
 
@@ -314,8 +313,15 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
 
     # --- which revision should run: the spec's, or the last known good one.
     desired_revision = render.revision(spec, name)
-    if old.desired_revision != desired_revision or state.revision_since is None:
-        state = state.model_copy(update={"revision_since": ts})
+    target = failover.target_revision(
+        desired_revision=desired_revision,
+        last_known_good=old.last_known_good,
+        quarantined=old.quarantine,
+    )
+    # The progress-deadline clock restarts when the revision we ask for changes.
+    state = failover.revision_clock(
+        state, revision=desired_revision, previous_revision=old.desired_revision, now=now
+    )
     revision_since = _parse_time(state.revision_since) or now
 
     primary_pods = [p for p in observed.pods if track_of(p) == "primary"]
@@ -324,12 +330,13 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     pod_obs = health.observe_pods(primary_pods)
     running_revision = dep_obs.revision if dep_obs is not None else None
     assessed = health.assess(
-        dep_obs, pod_obs, fo, now, revision=desired_revision, revision_since=revision_since
+        dep_obs, pod_obs, fo, now, revision=target, revision_since=revision_since
     )
 
     decision = failover.decide_rollback(
         desired_revision=desired_revision,
         desired_image=spec.image,
+        desired_spec=spec.dump(),
         generation=generation,
         health=assessed,
         last_known_good=old.last_known_good,
@@ -337,45 +344,38 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         failover=fo,
         now=now,
     )
+    last_known_good = decision.last_known_good
+    quarantine = decision.quarantine
     source_spec: MicroServiceSpec | None = None
-    last_known_good = old.last_known_good
-    quarantine = old.quarantine
-    rolled_back = False
-    if decision.action == "record_good":
-        last_known_good = RevisionRecord(
-            revision=desired_revision, image=spec.image, spec=spec.dump()
-        )
-        quarantine = None
-    elif decision.action == "apply_desired":
-        quarantine = None
-    elif decision.action in ("rollback", "stay_rolled_back") and last_known_good is not None:
-        rolled_back = True
-        quarantine = decision.quarantine or quarantine
+    rolled_back = decision.rolled_back and decision.render_from is not None
+    if rolled_back and decision.render_from is not None:
         try:
-            source_spec = MicroServiceSpec.model_validate(last_known_good.spec)
-        except ValidationError:  # an old record we cannot read: do not roll back to it
-            source_spec = None
+            source_spec = MicroServiceSpec.model_validate(decision.render_from.spec)
+        except ValidationError:  # a record we can no longer read: do not roll back to it
             rolled_back = False
-        if decision.action == "rollback" and rolled_back:
-            result.events.append(EventSpec("Warning", "RolledBack", decision.message))
-            result.rollbacks.append(decision.reason)
-    if decision.action == "record_good" and (
+    if decision.action == "rollback" and rolled_back:
+        result.events.append(EventSpec("Warning", "RolledBack", decision.message))
+        result.rollbacks.append(decision.reason)
+    elif decision.action == "record_good" and (
         old.last_known_good is None or old.last_known_good.revision != desired_revision
     ):
+        result.events.append(EventSpec("Normal", "RevisionHealthy", decision.message))
+    elif decision.action == "degraded_no_rollback" and not conditions.is_true(
+        old.conditions, "Degraded"
+    ):
+        result.events.append(EventSpec("Warning", decision.reason, decision.message))
+    if decision.quarantine_cleared and old.quarantine is not None:
         result.events.append(
             EventSpec(
                 "Normal",
-                "RevisionHealthy",
-                f"Revision {desired_revision} ({spec.image}) is fully healthy and is now "
-                "the last known good revision",
+                "QuarantineCleared",
+                f"Spec changed; revision {old.quarantine.revision} is no longer quarantined",
             )
         )
-    assess_revision = (
-        last_known_good.revision if rolled_back and last_known_good else desired_revision
-    )
-    if assess_revision != desired_revision:
+    if target != decision.revision:
+        # Rolled back in this very reconcile: judge the revision that will now run.
         assessed = health.assess(
-            dep_obs, pod_obs, fo, now, revision=assess_revision, revision_since=revision_since
+            dep_obs, pod_obs, fo, now, revision=decision.revision, revision_since=revision_since
         )
 
     # --- which track takes traffic, and how big the standby is.
@@ -398,12 +398,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     active_track = track.active_track
     last_failover = old.last_failover
     if track.switched:
-        last_failover = FailoverEvent(
-            time=ts,
-            from_track=old.active_track or "primary",
-            to_track=active_track,
-            reason=track.reason,
-        )
+        last_failover = track.last_failover or last_failover
         kind = "Warning" if active_track == "standby" else "Normal"
         result.events.append(
             EventSpec(
