@@ -155,10 +155,10 @@ def is_subset(desired: Any, live: Any) -> bool:
         if not isinstance(live, list) or len(desired) != len(live):
             return False
         return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
     if desired == live:
         return True
-    if isinstance(desired, bool) or isinstance(live, bool):
-        return False
     if isinstance(desired, str | int | float) and isinstance(live, str | int | float):
         # The API server canonicalises quantities ("0.5" -> "500m", 1000000 -> "1M").
         return _quantity_equal(desired, live)

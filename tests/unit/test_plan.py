@@ -1,0 +1,333 @@
+"""Reconcile plans from plain dicts and a fixed clock: what the operator would do."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from microservice_operator import plan, render
+from microservice_operator.api import MicroServiceSpec
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+UID = "uid-1"
+
+
+def ms(
+    spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "mso.dev/v1alpha1",
+        "kind": "MicroService",
+        "metadata": {"name": "shop", "namespace": "ns", "uid": UID, "generation": generation},
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+HELLO = {"image": "hello:1", "replicas": 3, "ports": [{"containerPort": 5000, "servicePort": 80}]}
+
+
+def live_of(manifest: dict[str, Any], **status: Any) -> dict[str, Any]:
+    """What the API server would hold after applying ``manifest`` (plus defaults)."""
+    obj = copy.deepcopy(manifest)
+    obj["metadata"]["uid"] = f"uid-{manifest['metadata']['name']}"
+    obj["metadata"]["resourceVersion"] = "10"
+    obj["metadata"]["managedFields"] = [
+        {
+            "manager": "microservice-operator",
+            "operation": "Apply",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}} if "replicas" in obj.get("spec", {}) else {},
+        }
+    ]
+    if manifest["kind"] == "Deployment":
+        obj["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # a server default
+        obj["metadata"]["generation"] = 1
+    obj["status"] = status
+    return obj
+
+
+def ready_deployment(manifest: dict[str, Any], n: int) -> dict[str, Any]:
+    return live_of(
+        manifest,
+        observedGeneration=1,
+        replicas=n,
+        readyReplicas=n,
+        availableReplicas=n,
+        updatedReplicas=n,
+        conditions=[{"type": "Available", "status": "True"}],
+    )
+
+
+def pod(
+    name: str,
+    revision: str,
+    *,
+    ready: bool = True,
+    restarts: int = 0,
+    track: str = "primary",
+    waiting: str | None = None,
+    since: datetime = NOW - timedelta(minutes=10),
+) -> dict[str, Any]:
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "labels": {"app.kubernetes.io/instance": "shop", "mso.dev/track": track},
+            "annotations": {"mso.dev/revision": revision},
+            "creationTimestamp": plan.rfc3339(since),
+        },
+        "spec": {"nodeName": "node-1"},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": plan.rfc3339(since),
+                }
+            ],
+            "containerStatuses": [
+                {"name": "app", "ready": ready, "restartCount": restarts, "state": state}
+            ],
+        },
+    }
+
+
+def converged(spec: dict[str, Any]) -> tuple[dict[str, Any], plan.Observed]:
+    """A MicroService and the children it would have after a first, successful reconcile."""
+    obj = ms(spec)
+    first = plan.plan(obj, plan.Observed(), NOW)
+    by_kind = {(m["kind"], m["metadata"]["name"]): m for m in first.applies}
+    model = MicroServiceSpec.model_validate(spec)
+    rev = render.revision(model, "shop")
+    n = spec.get("replicas", 1)
+    dep = ready_deployment(by_kind[("Deployment", "shop")], n)
+    observed = plan.Observed(
+        deployment=dep,
+        service=live_of(by_kind[("Service", "shop")]) if ("Service", "shop") in by_kind else None,
+        hpa=live_of(by_kind[("HorizontalPodAutoscaler", "shop")])
+        if ("HorizontalPodAutoscaler", "shop") in by_kind
+        else None,
+        pdb=live_of(by_kind[("PodDisruptionBudget", "shop")], disruptionsAllowed=1)
+        if ("PodDisruptionBudget", "shop") in by_kind
+        else None,
+        pods=tuple(pod(f"shop-{i}", rev) for i in range(n)),
+    )
+    second = plan.plan(obj, observed, NOW)
+    obj["status"] = second.status
+    return obj, observed
+
+
+def test_first_reconcile_applies_deployment_and_service_and_reports_pending() -> None:
+    p = plan.plan(ms(HELLO), plan.Observed(), NOW)
+    assert sorted(m["kind"] for m in p.applies) == ["Deployment", "Service"]
+    assert all(plan.APPLIED_HASH in m["metadata"]["annotations"] for m in p.applies)
+    assert p.status["phase"] == "Pending"
+    assert p.status_changed
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Pending")
+
+
+def test_converged_microservice_plans_no_writes_and_no_status_change() -> None:
+    obj, observed = converged(HELLO)
+    p = plan.plan(obj, observed, NOW + timedelta(seconds=30))
+    assert p.writes == 0
+    assert not p.status_changed
+    assert p.status["phase"] == "Running"
+    assert p.status["ready"] == "3/3"
+    assert p.status["lastKnownGoodRevision"] == p.status["currentRevision"]
+    assert not p.events
+
+
+def test_drift_on_an_owned_field_is_reapplied() -> None:
+    obj, observed = converged(HELLO)
+    dep = copy.deepcopy(observed.deployment)
+    assert dep is not None
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
+    assert [m["kind"] for m in p.applies] == ["Deployment"]
+
+
+def test_fields_added_by_others_are_not_drift() -> None:
+    obj, observed = converged(HELLO)
+    svc = copy.deepcopy(observed.service)
+    assert svc is not None
+    svc["metadata"]["annotations"]["other-tool/x"] = "1"
+    svc["spec"]["clusterIP"] = "10.96.0.10"
+    p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "service": svc}), NOW)
+    assert p.writes == 0
+
+
+def test_enabling_autoscaling_hands_replicas_over_and_removing_it_deletes_the_hpa() -> None:
+    obj, observed = converged(HELLO)
+    obj["spec"] = {**HELLO, "autoscaling": {"maxReplicas": 5}}
+    p = plan.plan(obj, observed, NOW)
+    dep = next(m for m in p.applies if m["kind"] == "Deployment")
+    assert "replicas" not in dep["spec"]
+    assert p.handoff is observed.deployment
+    assert any(m["kind"] == "HorizontalPodAutoscaler" for m in p.applies)
+
+    hpa = live_of(
+        render.build_hpa(
+            render.Owner("shop", "ns", UID), MicroServiceSpec.model_validate(obj["spec"])
+        )
+        or {}
+    )
+    obj["spec"] = HELLO
+    p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "hpa": hpa}), NOW)
+    assert p.deletes == [("HorizontalPodAutoscaler", "shop", "uid-shop")]
+
+
+def test_children_of_someone_else_are_never_deleted() -> None:
+    obj, observed = converged(HELLO)
+    hpa = {
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "shop", "namespace": "ns", "uid": "x", "ownerReferences": []},
+    }
+    p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "hpa": hpa}), NOW)
+    assert p.deletes == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"image": "x", "service": {"enabled": False}, "replica": 3},
+            "spec.replica: unknown field",
+        ),
+        (
+            {
+                "image": "x",
+                "service": {"enabled": False},
+                "env": [{"name": "A", "value": "1", "valueFrom": {}}],
+            },
+            "env A: set value or valueFrom, not both",
+        ),
+        (
+            {"image": "x", "ports": [{"containerPort": 0, "servicePort": 80}]},
+            "spec.ports[0].containerPort",
+        ),
+    ],
+)
+def test_invalid_spec_is_reported_once_and_touches_nothing(
+    spec: dict[str, Any], message: str
+) -> None:
+    p = plan.plan(ms(spec), plan.Observed(), NOW)
+    assert p.invalid and p.writes == 0
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert message in ready["message"]
+    assert [e.reason for e in p.events] == ["InvalidSpec"]
+    again = plan.plan(ms(spec, status=p.status), plan.Observed(), NOW + timedelta(minutes=1))
+    assert again.events == [] and not again.status_changed
+
+
+def test_crash_looping_release_rolls_back_to_last_known_good_once() -> None:
+    obj, observed = converged(HELLO)
+    good_rev = obj["status"]["lastKnownGoodRevision"]
+    obj["spec"] = {**HELLO, "image": "hello:crashloop"}
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, observed, NOW)
+    new_dep = next(m for m in p.applies if m["kind"] == "Deployment")
+    bad_rev = new_dep["spec"]["template"]["metadata"]["annotations"]["mso.dev/revision"]
+    assert bad_rev != good_rev
+    obj["status"] = p.status
+    # The new ReplicaSet's first pod crash loops past the threshold.
+    dep = live_of(
+        new_dep,
+        observedGeneration=1,
+        replicas=4,
+        readyReplicas=3,
+        availableReplicas=3,
+        updatedReplicas=1,
+    )
+    pods = (
+        *observed.pods,
+        pod("shop-new", bad_rev, ready=False, restarts=3, waiting="CrashLoopBackOff"),
+    )
+    later = NOW + timedelta(seconds=40)
+    p = plan.plan(
+        obj, plan.Observed(**{**observed.__dict__, "deployment": dep, "pods": pods}), later
+    )
+    rolled = next(m for m in p.applies if m["kind"] == "Deployment")
+    assert rolled["spec"]["template"]["spec"]["containers"][0]["image"] == "hello:1"
+    assert p.status["quarantinedRevision"] == bad_rev
+    assert [e.reason for e in p.events] == ["RolledBack"]
+    assert p.rollbacks == ["CrashLoop"]
+    rb = next(c for c in p.status["conditions"] if c["type"] == "RolledBack")
+    assert rb["status"] == "True"
+    # Next reconcile, still rolled back: no new Event, no retry of the bad revision.
+    obj["status"] = p.status
+    back = live_of(
+        rolled,
+        observedGeneration=1,
+        replicas=3,
+        readyReplicas=3,
+        availableReplicas=3,
+        updatedReplicas=3,
+    )
+    p2 = plan.plan(
+        obj,
+        plan.Observed(**{**observed.__dict__, "deployment": back}),
+        later + timedelta(seconds=10),
+    )
+    assert p2.events == [] and p2.rollbacks == []
+    assert all(
+        m["spec"]["template"]["spec"]["containers"][0]["image"] == "hello:1"
+        for m in p2.applies
+        if m["kind"] == "Deployment"
+    )
+    assert p2.status["phase"] == "Degraded"
+    assert p2.status["quarantinedRevision"] == bad_rev
+
+
+def test_first_ever_bad_release_is_degraded_without_rollback() -> None:
+    spec = {**HELLO, "image": "hello:crashloop"}
+    obj = ms(spec)
+    first = plan.plan(obj, plan.Observed(), NOW)
+    obj["status"] = first.status
+    dep_m = next(m for m in first.applies if m["kind"] == "Deployment")
+    rev = dep_m["spec"]["template"]["metadata"]["annotations"]["mso.dev/revision"]
+    dep = live_of(dep_m, observedGeneration=1, replicas=3, readyReplicas=0, updatedReplicas=3)
+    pods = tuple(
+        pod(f"p{i}", rev, ready=False, restarts=5, waiting="CrashLoopBackOff") for i in range(3)
+    )
+    p = plan.plan(obj, plan.Observed(deployment=dep, pods=pods), NOW + timedelta(seconds=30))
+    assert p.rollbacks == []
+    assert all(
+        m["spec"]["template"]["spec"]["containers"][0]["image"] == "hello:crashloop"
+        for m in p.applies
+        if m["kind"] == "Deployment"
+    )
+    degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert p.status["phase"] == "Degraded"
+    assert "quarantinedRevision" not in p.status
+
+
+def test_quantities_compare_by_value() -> None:
+    assert plan.is_subset({"cpu": "0.5"}, {"cpu": "500m"})
+    assert plan.is_subset({"memory": 1000000}, {"memory": "1M"})
+    assert not plan.is_subset({"cpu": "1"}, {"cpu": "2"})
+    assert not plan.is_subset([1, 2], [1])
+    assert not plan.is_subset({"a": True}, {"a": 1})
+
+
+def test_api_errors_replace_status_and_keep_observed_generation() -> None:
+    obj, observed = converged(HELLO)
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, observed, NOW)
+    failed = plan.plan_error(obj, p, "ApplyFailed", "quantities must match", NOW)
+    assert failed.status["observedGeneration"] == 1
+    ready = next(c for c in failed.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "ApplyFailed",
+        "quantities must match",
+    )
+    assert [e.reason for e in failed.events] == ["ApplyFailed"]
