@@ -1,0 +1,280 @@
+"""Health-based failover against the real control plane.
+
+Bad releases come from the kwok stages: an image tagged ``crashloop`` crash loops,
+``unready`` never becomes Ready. Pods of a healthy release are made sick and healed
+with the annotation ``mso.dev/test-ready`` ("false" / "true"), which the local
+control plane's stages turn into Ready=False / Ready=True.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.integration.helpers import wait_for
+from tests.integration.operator_proc import OperatorProcess
+from tests.integration.test_reconcile import apply_ms, cond, deployment, get_ms, wait_ready
+
+pytestmark = pytest.mark.integration
+
+TEST_READY = "mso.dev/test-ready"
+
+
+def hello(name: str = "web", image: str = "hello:1", **failover: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "mso.dev/v1alpha1",
+        "kind": "MicroService",
+        "metadata": {"name": name},
+        "spec": {
+            "image": image,
+            "replicas": 3,
+            "ports": [{"containerPort": 5000, "servicePort": 80}],
+            "failover": {"progressDeadlineSeconds": 30, "unhealthyThreshold": 2, **failover},
+        },
+    }
+
+
+def image_of(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    d = deployment(api, namespace, name)
+    return d.spec.template.spec.containers[0].image if d else None
+
+
+def pods(api: client.ApiClient, namespace: str, selector: str) -> list[client.V1Pod]:
+    return list(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def set_ready(api: client.ApiClient, namespace: str, pod_names: list[str], ready: bool) -> None:
+    core = client.CoreV1Api(api)
+    for name in pod_names:
+        core.patch_namespaced_pod(
+            name, namespace, {"metadata": {"annotations": {TEST_READY: str(ready).lower()}}}
+        )
+
+
+def all_ready(api: client.ApiClient, namespace: str, selector: str, n: int) -> bool:
+    ps = [p for p in pods(api, namespace, selector) if not p.metadata.deletion_timestamp]
+    ok = [
+        p
+        for p in ps
+        if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+    return len(ps) == n and len(ok) == n
+
+
+def events(api: client.ApiClient, namespace: str, name: str, reason: str) -> list[Any]:
+    return list(
+        client.CoreV1Api(api)
+        .list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},reason={reason}"
+        )
+        .items
+    )
+
+
+def test_bad_release_rolls_back_and_stays_rolled_back(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    local_cluster: Any,
+) -> None:
+    apply_ms(kubeconfig, namespace, hello())
+    v1 = wait_ready(kube_api, namespace, "web")["status"]["currentRevision"]
+
+    apply_ms(kubeconfig, namespace, hello(image="hello:crashloop"))
+
+    def rolled_back() -> dict[str, Any] | None:
+        ms = get_ms(kube_api, namespace, "web")
+        c = cond(ms, "RolledBack")
+        return ms if c and c["status"] == "True" else None
+
+    ms = wait_for(rolled_back, timeout=60, message="RolledBack=True")
+    assert ms["status"]["quarantinedRevision"] not in (None, v1)
+    assert ms["status"]["lastKnownGoodRevision"] == v1
+    wait_for(
+        lambda: (
+            image_of(kube_api, namespace, "web") == "hello:1"
+            and all_ready(kube_api, namespace, "app.kubernetes.io/instance=web", 3)
+        ),
+        timeout=60,
+        message="back on v1 with 3 Ready pods",
+    )
+    evs = events(kube_api, namespace, "web", "RolledBack")
+    assert len(evs) == 1 and evs[0].type == "Warning"
+    assert ms["status"]["quarantinedRevision"] in evs[0].message
+    assert "hello:crashloop" in evs[0].message
+    assert (
+        get_ms(kube_api, namespace, "web")["spec"]["image"] == "hello:crashloop"
+    )  # spec untouched
+
+    # An operator restart does not re-roll the quarantined revision.
+    generation = deployment(kube_api, namespace, "web").metadata.generation  # type: ignore[union-attr]
+    operator.restart()
+    time.sleep(3)  # observation window after the restart
+    assert deployment(kube_api, namespace, "web").metadata.generation == generation  # type: ignore[union-attr]
+    assert image_of(kube_api, namespace, "web") == "hello:1"
+    assert len(events(kube_api, namespace, "web", "RolledBack")) == 1
+
+    # A new spec change rolls forward and clears the quarantine.
+    apply_ms(kubeconfig, namespace, hello(image="hello:3"))
+    ms = wait_ready(kube_api, namespace, "web")
+    wait_for(
+        lambda: image_of(kube_api, namespace, "web") == "hello:3",
+        timeout=30,
+        message="rolled forward to v3",
+    )
+    ms = wait_for(
+        lambda: (
+            (m := get_ms(kube_api, namespace, "web"))
+            and "quarantinedRevision" not in m["status"]
+            and m["status"].get("lastKnownGoodRevision") == m["status"].get("currentRevision")
+            and m
+        ),
+        timeout=30,
+        message="quarantine cleared, v3 last known good",
+    )
+    assert cond(ms, "RolledBack")["status"] == "False"  # type: ignore[index]
+
+
+def test_first_bad_release_is_degraded_without_a_loop(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    local_cluster: Any,
+) -> None:
+    apply_ms(kubeconfig, namespace, hello(image="hello:crashloop"))
+
+    def degraded() -> dict[str, Any] | None:
+        ms = get_ms(kube_api, namespace, "web")
+        c = cond(ms, "Degraded")
+        return ms if c and c["status"] == "True" else None
+
+    ms = wait_for(degraded, timeout=60, message="Degraded=True")
+    assert "quarantinedRevision" not in ms["status"]
+    assert cond(ms, "RolledBack") is None
+    assert image_of(kube_api, namespace, "web") == "hello:crashloop"
+    before = operator.requests()
+    time.sleep(5)  # observation window: bounded writes, no loop
+    after = operator.requests()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert sum(v for (verb, res), v in delta.items() if res != "events") <= 2, delta
+
+
+def test_traffic_fails_over_to_the_standby_and_back(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    local_cluster: Any,
+) -> None:
+    failover = {
+        "minHealthyRatio": 0.6,
+        "failoverAfterSeconds": 5,
+        "failbackAfterSeconds": 15,
+        "podUnhealthySeconds": 0,
+        "standby": {"replicas": 1},
+    }
+    apply_ms(kubeconfig, namespace, hello(**failover))
+    wait_ready(kube_api, namespace, "web")
+    wait_for(
+        lambda: all_ready(
+            kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=standby", 1
+        ),
+        timeout=60,
+        message="warm standby ready",
+    )
+    core = client.CoreV1Api(kube_api)
+    primary = [
+        p.metadata.name
+        for p in pods(kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=primary")
+    ]
+
+    set_ready(kube_api, namespace, primary[:2], False)
+    sick_at = time.monotonic()
+    selector = lambda: core.read_namespaced_service("web", namespace).spec.selector  # noqa: E731
+    wait_for(
+        lambda: selector().get("mso.dev/track") == "standby",
+        timeout=5 + 20,
+        message="Service switched to the standby",
+    )
+    switched_after = time.monotonic() - sick_at
+    assert switched_after >= 5 - 1, switched_after  # not before failoverAfterSeconds
+    standby = deployment(kube_api, namespace, "web-standby")
+    assert standby is not None and standby.spec.replicas == 3  # scaled to carry the load
+    ms = get_ms(kube_api, namespace, "web")
+    assert ms["status"]["activeTrack"] == "standby"
+    assert cond(ms, "FailedOver")["status"] == "True"  # type: ignore[index]
+    assert events(kube_api, namespace, "web", "FailedOver")
+
+    # A flapping primary does not bring traffic back.
+    for _ in range(3):
+        set_ready(kube_api, namespace, primary[:2], True)
+        time.sleep(3)
+        assert selector().get("mso.dev/track") == "standby"
+        set_ready(kube_api, namespace, primary[:2], False)
+        time.sleep(2)
+        assert selector().get("mso.dev/track") == "standby"
+
+    set_ready(kube_api, namespace, primary[:2], True)
+    healed_at = time.monotonic()
+    wait_for(
+        lambda: selector().get("mso.dev/track") == "primary",
+        timeout=15 + 20,
+        message="traffic back on the primary",
+    )
+    assert time.monotonic() - healed_at >= 15 - 1
+    wait_for(
+        lambda: (d := deployment(kube_api, namespace, "web-standby")) and d.spec.replicas == 1,
+        timeout=30,
+        message="standby scaled back down",
+    )
+    ms = get_ms(kube_api, namespace, "web")
+    assert ms["status"]["activeTrack"] == "primary"
+    assert cond(ms, "FailedOver")["status"] == "False"  # type: ignore[index]
+
+
+def test_a_stuck_pod_is_replaced_but_not_during_an_outage(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    local_cluster: Any,
+) -> None:
+    doc = hello(podUnhealthySeconds=10, maxRemediationsPerWindow=1, remediationWindowSeconds=600)
+    doc["spec"]["replicas"] = 4
+    apply_ms(kubeconfig, namespace, doc)
+    wait_ready(kube_api, namespace, "web")
+    selector = "app.kubernetes.io/instance=web,mso.dev/track=primary"
+    names = sorted(p.metadata.name for p in pods(kube_api, namespace, selector))
+
+    # Most pods unhealthy at once: a dependency outage, nothing is deleted.
+    set_ready(kube_api, namespace, names[:3], False)
+    time.sleep(14)  # past podUnhealthySeconds: remediation would have acted by now
+    assert sorted(p.metadata.name for p in pods(kube_api, namespace, selector)) == names
+    set_ready(kube_api, namespace, names[:3], True)
+    wait_for(lambda: all_ready(kube_api, namespace, selector, 4), timeout=30, message="healed")
+
+    # One stuck pod is deleted and replaced; the budget caps it at one per window.
+    set_ready(kube_api, namespace, names[:2], False)
+    wait_for(
+        lambda: (
+            names[0] not in [p.metadata.name for p in pods(kube_api, namespace, selector)]
+            or names[1] not in [p.metadata.name for p in pods(kube_api, namespace, selector)]
+        ),
+        timeout=40,
+        message="a stuck pod deleted",
+    )
+    time.sleep(14)  # another podUnhealthySeconds: the budget must hold the second one
+    current = [p.metadata.name for p in pods(kube_api, namespace, selector)]
+    assert sum(n in current for n in names[:2]) == 1, current
+    wait_for(lambda: len(pods(kube_api, namespace, selector)) == 4, timeout=30, message="replaced")
+    evs = events(kube_api, namespace, "web", "PodRemediated")
+    assert len(evs) == 1
+    metrics = operator.scrape()
+    key = ("mso_pod_remediations_total", (("name", "web"), ("namespace", namespace)))
+    assert metrics.get(key) == 1.0, {k: v for k, v in metrics.items() if "remediation" in k[0]}
