@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 LOCALCLUSTER := $(BIN)/python tools/localcluster/localcluster.py
 KUBECONFIG_LOCAL := $(CURDIR)/.localcluster/kubeconfig
 
-.PHONY: help venv lint typecheck unit integration test cluster-up cluster-down cluster-env \
+.PHONY: help venv tools lint typecheck unit integration test cluster-up cluster-down cluster-env \
 	crds run bench clean
 
 help: ## Show the targets
@@ -21,6 +21,9 @@ $(BIN)/microservice-operator: pyproject.toml
 
 venv: $(BIN)/microservice-operator ## Create .venv with the operator and dev tools
 
+tools: ## Install prometheus/promtool (Debian package) for the metrics and alert tests
+	tools/prometheus.sh
+
 lint: venv ## ruff
 	$(BIN)/ruff check operator tests tools bench
 	$(BIN)/ruff format --check operator tests tools bench
@@ -31,13 +34,13 @@ typecheck: venv ## mypy --strict on the package
 crds: venv ## Regenerate crds/ from the pydantic models
 	$(BIN)/python -m microservice_operator.crd
 
-unit: venv ## Unit tests (pure logic, no cluster)
+unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit
 
-integration: venv ## Integration tests against the local control plane (or $$KUBECONFIG)
+integration: venv tools ## Integration tests against the local control plane (or $$KUBECONFIG)
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck ## Lint, type check, unit and integration tests
+test: lint typecheck tools ## Lint, type check, unit and integration tests
 	$(BIN)/pytest tests/unit tests/integration
 
 cluster-up: venv ## Build (once) and start the local control plane
