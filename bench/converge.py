@@ -1,0 +1,276 @@
+"""Benchmark: N MicroServices to Ready, against the floor of a plain client.
+
+Runs against the cluster in KUBECONFIG (the local control plane by default, see
+``make bench``). Two phases in one run, on the same cluster:
+
+1. floor: a plain concurrent client creates the same Deployments and Services the
+   operator would render (no operator running) and waits until all are Available;
+2. operator: the real operator (console script) runs, N MicroServices are created
+   concurrently, and we wait until all report Ready=True.
+
+Reported: wall time to all Ready, API requests per MicroService by verb (from the
+operator's own ``mso_kube_requests_total``), operator peak RSS and CPU seconds, and
+the ratio operator/floor. Extra kwok nodes are added for the pods and removed after.
+
+    python -m bench.converge --count 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from microservice_operator import render
+from microservice_operator.api import MicroServiceSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.operator_proc import OperatorProcess  # noqa: E402
+
+SPEC: dict[str, Any] = {
+    "image": "bench:1",
+    "replicas": 1,
+    "ports": [{"containerPort": 8080, "servicePort": 80}],
+    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+}
+
+
+@dataclass
+class Result:
+    """One phase's figures."""
+
+    name: str
+    count: int
+    seconds: float = 0.0
+    requests: Counter[str] = field(default_factory=Counter)
+    rss_mb: float | None = None
+    cpu_s: float | None = None
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll once a second until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def add_nodes(api: client.ApiClient, count: int, prefix: str) -> list[str]:
+    """kwok nodes with room for many small pods, so the benchmark is not capacity-bound."""
+    core = client.CoreV1Api(api)
+    names = []
+    for i in range(count):
+        name = f"{prefix}-{i}"
+        core.create_node(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {"type": "kwok", "mso.dev/bench": "true"},
+                },
+                "status": {
+                    "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
+                    "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
+                },
+            }
+        )
+        names.append(name)
+    return names
+
+
+def create_namespace(api: client.ApiClient, name: str) -> None:
+    """A namespace, once its default ServiceAccount exists (pods need it)."""
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+
+    def has_sa() -> bool:
+        return any(
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+        )
+
+    wait_until(has_sa, 60, f"default ServiceAccount in {name}")
+
+
+def floor(api: client.ApiClient, count: int, workers: int) -> Result:
+    """The same children created by a plain client, no operator."""
+    ns = f"bench-floor-{uuid.uuid4().hex[:6]}"
+    create_namespace(api, ns)
+    spec = MicroServiceSpec.model_validate(SPEC)
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    result = Result("floor (plain client)", count)
+
+    def create(i: int) -> None:
+        owner = render.Owner(name=f"svc-{i}", namespace=ns, uid="")
+        dep = render.build_deployment(owner, spec, replicas=1)
+        svc = render.build_service(owner, spec)
+        for obj in (dep, svc):
+            obj["metadata"].pop("ownerReferences", None)  # no owner exists in the floor
+        apps.create_namespaced_deployment(ns, dep)
+        core.create_namespaced_service(ns, svc)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, range(count)))
+    result.requests["create"] = 2 * count
+
+    def available() -> bool:
+        result.requests["list"] += 1
+        deps = apps.list_namespaced_deployment(ns).items
+        return len(deps) == count and all((d.status.available_replicas or 0) >= 1 for d in deps)
+
+    wait_until(available, 1800, f"{count} floor Deployments Available")
+    result.seconds = time.monotonic() - start
+    core.delete_namespace(ns)
+    return result
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(peak RSS in MiB, CPU seconds) of a process, from /proc."""
+    rss_kb = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                rss_kb = float(line.split()[1])
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(parts[11]) + int(parts[12])) / ticks
+    return rss_kb / 1024, cpu
+
+
+def with_operator(api: client.ApiClient, kubeconfig: str, count: int, workers: int) -> Result:
+    """N MicroServices through the real operator."""
+    ns = f"bench-op-{uuid.uuid4().hex[:6]}"
+    create_namespace(api, ns)
+    result = Result("operator", count)
+    op = OperatorProcess(kubeconfig, Path(tempfile.mkdtemp(prefix="mso-bench-")))
+    op.start()
+    try:
+        assert op.proc is not None
+        base = op.requests(verbs=("get", "list", "watch", "create", "patch", "apply", "delete"))
+        custom = client.CustomObjectsApi(api)
+
+        def create(i: int) -> None:
+            custom.create_namespaced_custom_object(
+                "mso.dev",
+                "v1alpha1",
+                ns,
+                "microservices",
+                {
+                    "apiVersion": "mso.dev/v1alpha1",
+                    "kind": "MicroService",
+                    "metadata": {"name": f"svc-{i}"},
+                    "spec": SPEC,
+                },
+            )
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(create, range(count)))
+
+        def all_ready() -> bool:
+            items = custom.list_namespaced_custom_object(
+                "mso.dev", "v1alpha1", ns, "microservices"
+            )["items"]
+            ready = 0
+            for ms in items:
+                for c in (ms.get("status") or {}).get("conditions") or []:
+                    if c["type"] == "Ready" and c["status"] == "True":
+                        ready += 1
+            return ready == count
+
+        wait_until(all_ready, 3600, f"{count} MicroServices Ready")
+        result.seconds = time.monotonic() - start
+        after = op.requests(verbs=("get", "list", "watch", "create", "patch", "apply", "delete"))
+        for (verb, _res), value in after.items():
+            result.requests[verb] += int(value - base.get((verb, _res), 0))
+        result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+    finally:
+        op.stop()
+        client.CoreV1Api(api).delete_namespace(ns)
+    return result
+
+
+def table(results: list[Result]) -> str:
+    """A markdown table of the results plus the operator/floor ratio."""
+    verbs = sorted({v for r in results for v in r.requests})
+    head = [
+        "phase",
+        "N",
+        "seconds to all Ready",
+        *[f"{v}/N" for v in verbs],
+        "peak RSS MiB",
+        "CPU s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [r.name, str(r.count), f"{r.seconds:.1f}"]
+        row += [f"{r.requests.get(v, 0) / r.count:.2f}" for v in verbs]
+        row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-", f"{r.cpu_s:.1f}" if r.cpu_s else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    if len(results) == 2 and results[0].seconds:
+        lines.append(
+            f"\nratio operator/floor (time): {results[1].seconds / results[0].seconds:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both phases and print the table."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--count", type=int, default=200, help="MicroServices to create (default 200)")
+    p.add_argument("--workers", type=int, default=16, help="concurrent creating clients")
+    args = p.parse_args(argv)
+    kubeconfig = os.environ.get("KUBECONFIG") or str(ROOT / ".localcluster" / "kubeconfig")
+    config.load_kube_config(config_file=kubeconfig)
+    api = client.ApiClient()
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(ROOT / "crds"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    nodes = add_nodes(api, max(1, args.count // 500 + 1), f"bench-{uuid.uuid4().hex[:4]}")
+    try:
+        results = [
+            floor(api, args.count, args.workers),
+            with_operator(api, kubeconfig, args.count, args.workers),
+        ]
+    finally:
+        for n in nodes:
+            client.CoreV1Api(api).delete_node(n)
+    print(f"\n{datetime.now(UTC):%Y-%m-%d} converge, N={args.count}\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
