@@ -70,18 +70,21 @@ OTHER: Final = "Other"
 REPLICA_STATES: Final = ("desired", "ready", "available", "unavailable", "updated")
 TRACKS: Final = ("primary", "standby")
 
-FAILOVER_REASONS: Final = ("PrimaryUnhealthy", "PrimaryRecovered", "Manual", OTHER)
-"""``PrimaryUnhealthy``: traffic moved to the standby; ``PrimaryRecovered``: it moved back
-(failback); ``Manual``: a user forced the switch."""
-
-ROLLBACK_REASONS: Final = (
-    "ProgressDeadlineExceeded",
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "Unhealthy",
+FAILOVER_REASONS: Final = (
+    "PrimaryUnhealthy",
+    "PrimaryRecovered",
+    "StandbyUnavailable",
+    "StandbyRemoved",
     OTHER,
 )
-"""Why a revision was judged bad and rolled back to the last known good one."""
+"""The ``reason`` of failover.TrackDecision when traffic switches: ``PrimaryUnhealthy``
+moved it to the standby; ``PrimaryRecovered`` (failback), ``StandbyUnavailable`` and
+``StandbyRemoved`` moved it back to the primary."""
+
+ROLLBACK_REASONS: Final = ("ProgressDeadlineExceeded", "CrashLoop", OTHER)
+"""Why failover.decide_revision judged a revision bad and rolled it back."""
+
+_ALIASES: Final = {"crashloopbackoff": "CrashLoop"}
 
 RECONCILE_ERROR_REASONS: Final = ("InvalidSpec", "ApiError", "Conflict", "Timeout", OTHER)
 
@@ -147,8 +150,9 @@ Track = Literal["primary", "standby"]
 
 def _bounded(value: str, allowed: Iterable[str], fallback: str, what: str) -> str:
     """Fold ``value`` onto one of ``allowed`` (case-insensitively) or ``fallback``."""
+    lowered = value.lower()
     for candidate in allowed:
-        if value == candidate or value.lower() == candidate.lower():
+        if lowered == candidate.lower() or _ALIASES.get(lowered) == candidate:
             return candidate
     _warn_unknown(what, value)
     return fallback

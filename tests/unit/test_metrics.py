@@ -173,7 +173,7 @@ def test_counters_increment(m: OperatorMetrics) -> None:
     assert value(m, "mso_failovers_total", **ms, reason="PrimaryUnhealthy") == 2
     assert value(m, "mso_failovers_total", **ms, reason="PrimaryRecovered") == 1
     assert value(m, "mso_rollbacks_total", **ms, reason="ProgressDeadlineExceeded") == 1
-    assert value(m, "mso_rollbacks_total", **ms, reason="CrashLoopBackOff") == 0
+    assert value(m, "mso_rollbacks_total", **ms, reason="CrashLoop") == 0
     assert value(m, "mso_pod_remediations_total", **ms) == 3
 
 
@@ -189,14 +189,14 @@ def test_reasons_are_bounded(m: OperatorMetrics) -> None:
         m.rollback("shop", "cart", f"image ghcr.io/acme/cart:{i} crashed")
         m.failover("shop", "cart", f"pod cart-{i} died")
         m.reconcile_error(f"HTTP {i}")
-    m.rollback("shop", "cart", "crashloopbackoff")
-    m.failover("shop", "cart", "MANUAL")
+    m.rollback("shop", "cart", "crashloopbackoff")  # an alias
+    m.failover("shop", "cart", "primaryrecovered")
 
     ms = {"namespace": "shop", "name": "cart"}
     assert value(m, "mso_rollbacks_total", **ms, reason="Other") == 50
-    assert value(m, "mso_rollbacks_total", **ms, reason="CrashLoopBackOff") == 1
+    assert value(m, "mso_rollbacks_total", **ms, reason="CrashLoop") == 1
     assert value(m, "mso_failovers_total", **ms, reason="Other") == 50
-    assert value(m, "mso_failovers_total", **ms, reason="Manual") == 1
+    assert value(m, "mso_failovers_total", **ms, reason="PrimaryRecovered") == 1
     assert value(m, "mso_reconcile_errors_total", reason="Other") == 50
     seen = {
         (name, dict(labels)["reason"]) for name, labels in samples(m) if "reason" in dict(labels)
@@ -212,7 +212,7 @@ def test_reasons_are_bounded(m: OperatorMetrics) -> None:
 
 def test_only_bounded_label_names(m: OperatorMetrics) -> None:
     observe(m)
-    m.failover("shop", "cart", "Manual")
+    m.failover("shop", "cart", "StandbyRemoved")
     m.kube_request("get", "pods", 200)
     with m.time_reconcile():
         pass
@@ -230,7 +230,7 @@ def test_forget_removes_every_series_of_that_microservice_only(m: OperatorMetric
     for ns, name in (("shop", "cart"), ("shop", "pay"), ("blog", "cart")):
         observe(m, ns, name, active_track="standby")
         m.failover(ns, name, "PrimaryUnhealthy")
-        m.rollback(ns, name, "CrashLoopBackOff")
+        m.rollback(ns, name, "CrashLoop")
         m.remediation(ns, name)
     before = samples(m)
     before_pay = {k: before[k] for k in series_of(m, "shop", "pay")}
@@ -261,13 +261,10 @@ def test_forget_of_an_unknown_microservice_is_a_no_op(m: OperatorMetrics) -> Non
 
 def test_a_recreated_microservice_starts_from_zero(m: OperatorMetrics) -> None:
     observe(m)
-    m.rollback("shop", "cart", "CrashLoopBackOff")
+    m.rollback("shop", "cart", "CrashLoop")
     m.forget("shop", "cart")
     observe(m)
-    assert (
-        value(m, "mso_rollbacks_total", namespace="shop", name="cart", reason="CrashLoopBackOff")
-        == 0
-    )
+    assert value(m, "mso_rollbacks_total", namespace="shop", name="cart", reason="CrashLoop") == 0
 
 
 def test_tracked_and_retain(m: OperatorMetrics) -> None:
@@ -445,7 +442,7 @@ def fully_populated() -> OperatorMetrics:
     observe(m, "shop", "cart", active_track="standby", ready_flag=False)
     observe(m, "blog", "post")
     m.failover("shop", "cart", "PrimaryUnhealthy")
-    m.rollback("shop", "cart", "CrashLoopBackOff")
+    m.rollback("shop", "cart", "CrashLoop")
     m.remediation("shop", "cart")
     m.reconcile_error("ApiError")
     m.kube_request("apply", "deployments", 200)
