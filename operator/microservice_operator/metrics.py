@@ -522,7 +522,7 @@ class OperatorMetrics:
     def serve(self, port: int, host: str = "0.0.0.0") -> MetricsServer:
         """Serve /metrics in a background thread; port 0 picks a free port (see .port)."""
         server = MetricsServer(self.registry, port, host)
-        log.info("Started the metrics endpoint on %s", server.url)
+        log.info("Started serving /metrics on %s:%d", host, server.port)
         return server
 
 
