@@ -147,7 +147,12 @@ class Controller:
         if ms is None or ms.get("metadata", {}).get("deletionTimestamp"):
             return None
         with self.metrics.time_reconcile():
-            return self._reconcile(ms, key)
+            delay = self._reconcile(ms, key)
+        if self.store.get(MS_KIND, *key) is None:
+            # Deleted while we reconciled: drop the series this run may have re-created.
+            self.metrics.forget(*key)
+            return None
+        return delay
 
     def observed(self, key: Key) -> planning.Observed:
         """What the caches hold for a MicroService."""
@@ -180,7 +185,13 @@ class Controller:
         try:
             self._execute(ms, p)
         except KubeError as exc:
-            reason = "ApplyFailed" if exc.invalid else exc.reason if exc.reason == "ChildConflict" else "ApiError"
+            reason = (
+                "ApplyFailed"
+                if exc.invalid
+                else exc.reason
+                if exc.reason == "ChildConflict"
+                else "ApiError"
+            )
             self.metrics.reconcile_error("Conflict" if exc.conflict else "ApiError")
             log.warning("Failed to reconcile MicroService %s/%s: %s", ns, name, exc)
             failed = planning.plan_error(ms, p, reason, exc.message, now)
@@ -245,12 +256,6 @@ class Controller:
     def _record(self, ms: dict[str, Any], p: planning.Plan) -> None:
         meta = ms["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        for reason in p.rollbacks:
-            self.metrics.rollback(ns, name, reason)
-        for reason in p.failovers:
-            self.metrics.failover(ns, name, reason)
-        if p.remediations:
-            self.metrics.remediation(ns, name, p.remediations)
         g = p.gauges
         if g is not None:
             self.metrics.observe(
@@ -265,6 +270,14 @@ class Controller:
                 ready_flag=g.ready_flag,
                 active_track=g.active_track,
             )
+        # After observe(): the first observe creates the counters at 0, so the very
+        # first rollback is an increase that alerts can see.
+        for reason in p.rollbacks:
+            self.metrics.rollback(ns, name, reason)
+        for reason in p.failovers:
+            self.metrics.failover(ns, name, reason)
+        if p.remediations:
+            self.metrics.remediation(ns, name, p.remediations)
         for ev in p.events:
             log.log(
                 logging.WARNING if ev.type == "Warning" else logging.INFO,
