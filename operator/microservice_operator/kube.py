@@ -139,7 +139,11 @@ class Kube:
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 auth_settings=["BearerToken"],
             )
-            data = json.dumps(body) if body is not None else None
+            # The client JSON-encodes bodies of JSON content types itself; an apply
+            # patch (YAML content type) must be passed already serialised.
+            data: Any = body
+            if body is not None and "json" not in content_type:
+                data = json.dumps(body)
             resp = self.api.call_api(
                 method, url, header_params=headers, body=data, _request_timeout=30
             )
