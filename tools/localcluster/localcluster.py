@@ -1,0 +1,990 @@
+#!/usr/bin/env python3
+"""Run a real Kubernetes control plane on loopback, with kwok playing the nodes.
+
+    python tools/localcluster/localcluster.py up      # build once (cached), start, wait ready
+    python tools/localcluster/localcluster.py down    # stop everything we started
+    python tools/localcluster/localcluster.py status  # which components run
+    python tools/localcluster/localcluster.py env     # export KUBECONFIG=...
+    python tools/localcluster/localcluster.py build   # only build the binaries (cached)
+
+Components: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok
+(fake nodes and kubelets, driven by the Stages in ./stages) and metrics-server
+(registered as the v1beta1.metrics.k8s.io APIService). The binaries come from
+build.sh's cache outside the clone; all runtime state (certificates,
+kubeconfigs, etcd data, logs, PID files) lives in the clone's git-ignored
+.localcluster/ directory. Everything listens on 127.0.0.1 only.
+
+Standard library only, so it runs before the virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+STATE_DIR = Path(os.environ.get("MSO_LOCALCLUSTER_DIR", REPO / ".localcluster")).resolve()
+PKI = STATE_DIR / "pki"
+KUBECONFIGS = STATE_DIR / "kubeconfigs"
+LOGS = STATE_DIR / "logs"
+RUN = STATE_DIR / "run"
+ETCD_DATA = STATE_DIR / "etcd"
+ADMIN_KUBECONFIG = STATE_DIR / "kubeconfig"
+STAGES = HERE / "stages"
+
+HOST = "127.0.0.1"
+SERVICE_CIDR = "10.96.0.0/16"  # allocated from, never contacted
+ZONES = ("zone-a", "zone-b", "zone-c")
+FIELD_MANAGER = "localcluster"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+# name -> (environment variable, default). Uncommon ports to avoid clashes.
+PORT_DEFAULTS: dict[str, tuple[str, int]] = {
+    "etcd": ("MSO_ETCD_PORT", 16379),
+    "etcd-peer": ("MSO_ETCD_PEER_PORT", 16380),
+    "kube-apiserver": ("MSO_APISERVER_PORT", 16443),
+    "kube-controller-manager": ("MSO_CONTROLLER_MANAGER_PORT", 16257),
+    "kube-scheduler": ("MSO_SCHEDULER_PORT", 16259),
+    "kwok": ("MSO_KWOK_PORT", 16250),
+    "metrics-server": ("MSO_METRICS_SERVER_PORT", 16451),
+}
+
+# Start order.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "metrics-server",
+)
+# Stop order: the API server's clients together, then the API server, then etcd.
+STOP_GROUPS = (COMPONENTS[2:], ("kube-apiserver",), ("etcd",))
+
+
+class ClusterError(Exception):
+    """A failure the user should see as a clear message, not a traceback."""
+
+
+def log(msg: str) -> None:
+    print(f"localcluster: {msg}", file=sys.stderr, flush=True)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ClusterError(f"{name}={raw!r} is not an integer") from exc
+
+
+def ports() -> dict[str, int]:
+    result = {name: env_int(var, default) for name, (var, default) in PORT_DEFAULTS.items()}
+    bad = [f"{PORT_DEFAULTS[n][0]}={port}" for n, port in result.items() if not 0 < port < 65536]
+    if bad:
+        raise ClusterError(f"invalid port: {', '.join(bad)}")
+    if len(set(result.values())) != len(result):
+        raise ClusterError(f"two components share a port: {result}")
+    return result
+
+
+def node_count() -> int:
+    return env_int("MSO_LOCALCLUSTER_NODES", 3)
+
+
+def ready_timeout() -> float:
+    return float(env_int("MSO_LOCALCLUSTER_TIMEOUT", 180))
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def read_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for raw in (HERE / "versions.env").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            versions[key.strip()] = value.strip().strip('"')
+    return versions
+
+
+def binaries() -> dict[str, Path]:
+    """Builds (if needed, cached by version) and returns component -> binary."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(HERE / "build.sh")],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"build.sh failed with exit code {proc.returncode} (see output above)")
+    bin_dir = Path(proc.stdout.strip().splitlines()[-1])
+    v = read_versions()
+    result = {
+        "etcd": bin_dir / f"etcd-{v['ETCD_VERSION']}",
+        "kube-apiserver": bin_dir / f"kube-apiserver-{v['KUBE_VERSION']}",
+        "kube-controller-manager": bin_dir / f"kube-controller-manager-{v['KUBE_VERSION']}",
+        "kube-scheduler": bin_dir / f"kube-scheduler-{v['KUBE_VERSION']}",
+        "kwok": bin_dir / f"kwok-{v['KWOK_VERSION']}",
+        "metrics-server": bin_dir / f"metrics-server-{v['METRICS_SERVER_VERSION']}",
+    }
+    missing = [str(p) for p in result.values() if not os.access(p, os.X_OK)]
+    if missing:
+        raise ClusterError(f"build.sh did not produce: {', '.join(missing)}")
+    log(f"binaries ready in {bin_dir} ({time.monotonic() - start:.1f}s)")
+    return result
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+def openssl(*args: str) -> None:
+    if shutil.which("openssl") is None:
+        raise ClusterError("openssl is required to create the cluster certificates")
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args[:2])} failed:\n{proc.stderr}")
+
+
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
+def make_ca(name: str, cn: str) -> None:
+    key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
+    if key.exists() and crt.exists():
+        return
+    openssl(
+        "req", "-x509", "-new", "-nodes", *EC_KEY,
+        "-keyout", str(key), "-out", str(crt), "-days", "3650", "-subj", f"/CN={cn}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    )  # fmt: skip
+
+
+def make_cert(
+    name: str,
+    ca: str,
+    cn: str,
+    orgs: Sequence[str] = (),
+    *,
+    server: bool = False,
+    client: bool = False,
+    sans: Sequence[str] = (),
+) -> None:
+    key, crt = PKI / f"{name}.key", PKI / f"{name}.crt"
+    if key.exists() and crt.exists():
+        return
+    usages = [u for u, on in (("serverAuth", server), ("clientAuth", client)) if on]
+    ext = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={','.join(usages)}",
+    ]
+    if sans:
+        ext.append(f"subjectAltName={','.join(sans)}")
+    subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
+    with tempfile.TemporaryDirectory() as tmp:
+        csr, extfile = Path(tmp) / "req.csr", Path(tmp) / "ext.cnf"
+        extfile.write_text("\n".join(ext) + "\n")
+        openssl("req", "-new", "-nodes", *EC_KEY, "-keyout", str(key), "-out", str(csr),
+                "-subj", subj)  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(PKI / f"{ca}.crt"),
+            "-CAkey", str(PKI / f"{ca}.key"), "-set_serial", str(int.from_bytes(os.urandom(8))),
+            "-days", "3650", "-extfile", str(extfile), "-out", str(crt),
+        )  # fmt: skip
+
+
+def ensure_pki() -> None:
+    PKI.mkdir(parents=True, exist_ok=True)
+    make_ca("ca", "localcluster-ca")
+    make_ca("front-proxy-ca", "localcluster-front-proxy-ca")
+    if not (PKI / "sa.key").exists():
+        openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                "-out", str(PKI / "sa.key"))  # fmt: skip
+        openssl("pkey", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub"))
+    apiserver_sans = [
+        f"IP:{HOST}",
+        "IP:10.96.0.1",
+        "DNS:localhost",
+        "DNS:kubernetes",
+        "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc",
+        "DNS:kubernetes.default.svc.cluster.local",
+    ]
+    make_cert("apiserver", "ca", "kube-apiserver", server=True, sans=apiserver_sans)
+    # Serving certificate shared by the other components on 127.0.0.1.
+    # The aggregator checks metrics-server's certificate for the Service's DNS name.
+    serving_sans = [f"IP:{HOST}", "DNS:localhost", "DNS:metrics-server.kube-system.svc"]
+    make_cert("serving", "ca", "localcluster-serving", server=True, sans=serving_sans)
+    make_cert("admin", "ca", "kubernetes-admin", ["system:masters"], client=True)
+    make_cert("apiserver-kubelet-client", "ca", "kube-apiserver-kubelet-client",
+              ["system:masters"], client=True)  # fmt: skip
+    make_cert("controller-manager", "ca", "system:kube-controller-manager", client=True)
+    make_cert("scheduler", "ca", "system:kube-scheduler", client=True)
+    # kwok plays every kubelet (patches pods, nodes and leases of many nodes).
+    make_cert("kwok", "ca", "kwok-controller", ["system:masters"], client=True)
+    make_cert("metrics-server", "ca", "system:metrics-server", client=True)
+    make_cert("front-proxy-client", "front-proxy-ca", "front-proxy-client", client=True)
+
+
+def b64file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_kubeconfig(path: Path, user: str, port: int) -> None:
+    """Writes a self-contained kubeconfig (certificates embedded) for PKI/<user>.*."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "localcluster",
+                "cluster": {
+                    "server": f"https://{HOST}:{port}",
+                    "certificate-authority-data": b64file(PKI / "ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": f"localcluster-{user}",
+                "user": {
+                    "client-certificate-data": b64file(PKI / f"{user}.crt"),
+                    "client-key-data": b64file(PKI / f"{user}.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "localcluster",
+                "context": {"cluster": "localcluster", "user": f"localcluster-{user}"},
+            }
+        ],
+        "current-context": "localcluster",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")  # JSON is valid YAML
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def tls_context(client_cert: str | None = "admin") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
+    if client_cert:
+        ctx.load_cert_chain(str(PKI / f"{client_cert}.crt"), str(PKI / f"{client_cert}.key"))
+    return ctx
+
+
+class Api:
+    """A tiny Kubernetes REST client (admin identity) for bootstrap and readiness."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ctx = tls_context()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection(HOST, self.port, context=self.ctx, timeout=timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            parsed: Any = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return resp.status, parsed
+
+    def get(self, path: str) -> Any:
+        status, obj = self.request("GET", path)
+        if status != 200:
+            raise ClusterError(f"GET {path}: HTTP {status}: {obj}")
+        return obj
+
+    def apply(self, path: str, obj: dict[str, Any]) -> None:
+        """Server-side apply (creates or updates) the object at path."""
+        query = urllib.parse.urlencode({"fieldManager": FIELD_MANAGER, "force": "true"})
+        status, resp = self.request(
+            "PATCH", f"{path}?{query}", obj, content_type="application/apply-patch+yaml"
+        )
+        if status not in (200, 201):
+            raise ClusterError(f"apply {path}: HTTP {status}: {resp}")
+
+
+def http_ok(port: int, path: str, *, scheme: str = "https", timeout: float = 2.0) -> bool:
+    try:
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(HOST, port, context=tls_context(), timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    """A component we started, as recorded in run/<name>.json."""
+
+    name: str
+    pid: int
+    start_ticks: int  # field 22 of /proc/<pid>/stat, guards against PID reuse
+    port: int
+
+    @property
+    def record(self) -> Path:
+        return RUN / f"{self.name}.json"
+
+    def save(self) -> None:
+        RUN.mkdir(parents=True, exist_ok=True)
+        data = {"pid": self.pid, "start_ticks": self.start_ticks, "port": self.port}
+        self.record.write_text(json.dumps(data) + "\n")
+
+    @classmethod
+    def load(cls, name: str) -> Proc | None:
+        try:
+            data = json.loads((RUN / f"{name}.json").read_text())
+            return cls(name, int(data["pid"]), int(data["start_ticks"]), int(data["port"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def alive(self) -> bool:
+        stat = proc_stat(self.pid)
+        return stat is not None and stat[1] != "Z" and stat[2] == self.start_ticks
+
+
+def proc_stat(pid: int) -> tuple[str, str, int] | None:
+    """(comm, state, start time in clock ticks) of a process, or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return comm, fields[0], int(fields[19])
+
+
+def log_path(name: str) -> Path:
+    return LOGS / f"{name}.log"
+
+
+def log_tail(name: str, lines: int = 40) -> str:
+    try:
+        text = log_path(name).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def spawn(name: str, argv: list[str], port: int) -> tuple[Proc, subprocess.Popen[bytes]]:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    logfile = log_path(name)
+    if logfile.exists():
+        logfile.replace(logfile.with_suffix(".log.1"))
+    with logfile.open("wb") as out:
+        out.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+        out.flush()
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=STATE_DIR,
+            start_new_session=True,  # own process group; survives our exit, no terminal signals
+        )
+    stat = proc_stat(popen.pid)
+    proc = Proc(name, popen.pid, stat[2] if stat else 0, port)
+    proc.save()
+    return proc, popen
+
+
+def stop_all() -> None:
+    for group in STOP_GROUPS:
+        stop(group)
+
+
+def stop(names: Sequence[str], timeout: float = 15.0) -> None:
+    """SIGTERM the recorded processes, SIGKILL after timeout, wait until gone."""
+    procs = [p for p in (Proc.load(n) for n in names) if p is not None]
+    running = [p for p in procs if p.alive()]
+    for p in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = [p for p in running if p.alive()]
+    for p in running:
+        log(f"{p.name} (pid {p.pid}) ignored SIGTERM for {timeout:.0f}s, sending SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = [p for p in running if p.alive()]
+    if running:
+        raise ClusterError(f"could not stop: {', '.join(f'{p.name}={p.pid}' for p in running)}")
+    for p in procs:
+        p.record.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- components
+
+
+def command(name: str, binary: Path, p: dict[str, int]) -> list[str]:
+    pki = str(PKI)
+    kc = str(KUBECONFIGS)
+    if name == "etcd":
+        peer = f"http://{HOST}:{p['etcd-peer']}"
+        client = f"http://{HOST}:{p['etcd']}"
+        return [
+            str(binary),
+            "--name=localcluster",
+            f"--data-dir={ETCD_DATA}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=localcluster={peer}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true",  # a throwaway test cluster: speed over durability
+            "--snapshot-count=10000",
+            "--log-level=warn",
+        ]
+    if name == "kube-apiserver":
+        return [
+            str(binary),
+            f"--etcd-servers=http://{HOST}:{p['etcd']}",
+            f"--bind-address={HOST}",
+            f"--advertise-address={HOST}",
+            # The 'kubernetes' Service endpoints may not point at loopback; nothing
+            # here talks to Service IPs anyway.
+            "--endpoint-reconciler-type=none",
+            f"--secure-port={p['kube-apiserver']}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--tls-cert-file={pki}/apiserver.crt",
+            f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki}/sa.pub",
+            f"--service-account-signing-key-file={pki}/sa.key",
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            # Aggregation layer (metrics-server): front-proxy client identity.
+            f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+            f"--proxy-client-key-file={pki}/front-proxy-client.key",
+            # Route aggregated APIs through the Service (an ExternalName to
+            # 127.0.0.1): EndpointSlices may not hold loopback addresses, so
+            # --enable-aggregator-routing cannot reach a loopback metrics-server.
+            "--enable-aggregator-routing=false",
+            "--profiling=false",
+        ]
+    if name == "kube-controller-manager":
+        return [
+            str(binary),
+            f"--kubeconfig={kc}/controller-manager.kubeconfig",
+            f"--authentication-kubeconfig={kc}/controller-manager.kubeconfig",
+            f"--authorization-kubeconfig={kc}/controller-manager.kubeconfig",
+            f"--bind-address={HOST}",
+            f"--secure-port={p['kube-controller-manager']}",
+            f"--tls-cert-file={pki}/serving.crt",
+            f"--tls-private-key-file={pki}/serving.key",
+            "--leader-elect=false",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--root-ca-file={pki}/ca.crt",
+            f"--service-account-private-key-file={pki}/sa.key",
+            f"--cluster-signing-cert-file={pki}/ca.crt",
+            f"--cluster-signing-key-file={pki}/ca.key",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--cluster-name=localcluster",
+            "--horizontal-pod-autoscaler-sync-period=5s",
+            "--profiling=false",
+        ]
+    if name == "kube-scheduler":
+        return [
+            str(binary),
+            f"--kubeconfig={kc}/scheduler.kubeconfig",
+            f"--authentication-kubeconfig={kc}/scheduler.kubeconfig",
+            f"--authorization-kubeconfig={kc}/scheduler.kubeconfig",
+            f"--bind-address={HOST}",
+            f"--secure-port={p['kube-scheduler']}",
+            f"--tls-cert-file={pki}/serving.crt",
+            f"--tls-private-key-file={pki}/serving.key",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+    if name == "kwok":
+        return [
+            str(binary),
+            f"--kubeconfig={kc}/kwok.kubeconfig",
+            f"--config={STAGES}/node.yaml",
+            f"--config={STAGES}/pod.yaml",
+            f"--config={STAGES}/metrics.yaml",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            # Every fake node is reachable (kubelet port, resource metrics) here.
+            f"--node-ip={HOST}",
+            f"--node-port={p['kwok']}",
+            f"--server-address={HOST}:{p['kwok']}",
+            f"--tls-cert-file={pki}/serving.crt",
+            f"--tls-private-key-file={pki}/serving.key",
+            "--node-lease-duration-seconds=40",
+        ]
+    if name == "metrics-server":
+        return [
+            str(binary),
+            f"--kubeconfig={kc}/metrics-server.kubeconfig",
+            f"--authentication-kubeconfig={kc}/metrics-server.kubeconfig",
+            f"--authorization-kubeconfig={kc}/metrics-server.kubeconfig",
+            f"--bind-address={HOST}",
+            f"--secure-port={p['metrics-server']}",
+            f"--tls-cert-file={pki}/serving.crt",
+            f"--tls-private-key-file={pki}/serving.key",
+            "--kubelet-insecure-tls",
+            "--kubelet-use-node-status-port",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--metric-resolution=10s",
+            "--kubelet-request-timeout=5s",
+            "--profiling=false",
+        ]
+    raise ValueError(name)
+
+
+def health_check(name: str, port: int) -> Callable[[], bool]:
+    if name == "etcd":
+        return lambda: http_ok(port, "/health", scheme="http")
+    if name == "kube-apiserver":
+        return lambda: http_ok(port, "/readyz")
+    # metrics-server's /readyz waits for a first scrape; the APIService check covers it.
+    return lambda: http_ok(port, "/healthz")
+
+
+def bootstrap_objects(p: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(API path, object) pairs applied once the API server is up."""
+    for i in range(node_count()):
+        name = f"kwok-node-{i}"
+        zone = ZONES[i % len(ZONES)]
+        yield (
+            f"/api/v1/nodes/{name}",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {
+                        KWOK_NODE_ANNOTATION: "fake",
+                        "node.alpha.kubernetes.io/ttl": "0",
+                        # kwok serves each node's kubelet resource metrics here.
+                        "metrics.k8s.io/resource-metrics-path": (
+                            f"/metrics/nodes/{name}/metrics/resource"
+                        ),
+                    },
+                    "labels": {
+                        "type": "kwok",
+                        "kubernetes.io/arch": "amd64",
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/hostname": name,
+                        "topology.kubernetes.io/region": "local",
+                        "topology.kubernetes.io/zone": zone,
+                    },
+                },
+                "spec": {"podCIDR": f"10.244.{i}.0/24", "podCIDRs": [f"10.244.{i}.0/24"]},
+            },
+        )
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    user = {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "User",
+        "name": "system:metrics-server",
+    }
+    yield (
+        f"{rbac}/clusterroles/system:aggregated-metrics-reader",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {
+                "name": "system:aggregated-metrics-reader",
+                "labels": {
+                    "rbac.authorization.k8s.io/aggregate-to-view": "true",
+                    "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                    "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+                },
+            },
+            "rules": [
+                {
+                    "apiGroups": ["metrics.k8s.io"],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+    )
+    yield (
+        f"{rbac}/clusterroles/system:metrics-server",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:metrics-server"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+    )
+    for binding, role in (
+        ("system:metrics-server", "system:metrics-server"),
+        ("metrics-server:system:auth-delegator", "system:auth-delegator"),
+    ):
+        yield (
+            f"{rbac}/clusterrolebindings/{binding}",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": binding},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [user],
+            },
+        )
+    yield (
+        f"{rbac}/namespaces/kube-system/rolebindings/metrics-server-auth-reader",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": [user],
+        },
+    )
+    yield (
+        "/api/v1/namespaces/kube-system/services/metrics-server",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+            # The aggregator resolves an ExternalName Service to externalName:port.
+            "spec": {"type": "ExternalName", "externalName": HOST},
+        },
+    )
+    yield (
+        "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io",
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {
+                "service": {
+                    "name": "metrics-server",
+                    "namespace": "kube-system",
+                    "port": p["metrics-server"],
+                },
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "insecureSkipTLSVerify": False,
+                "caBundle": b64file(PKI / "ca.crt"),
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    )
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def condition(obj: dict[str, Any], ctype: str) -> str | None:
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return str(cond.get("status"))
+    return None
+
+
+def nodes_ready(api: Api) -> bool:
+    nodes = api.get("/api/v1/nodes?labelSelector=type%3Dkwok").get("items", [])
+    if len(nodes) < node_count():
+        return False
+    for node in nodes:
+        if condition(node, "Ready") != "True":
+            return False
+        taints = node.get("spec", {}).get("taints") or []
+        if any(t.get("key", "").startswith("node.kubernetes.io/") for t in taints):
+            return False
+    return True
+
+
+def apiservice_available(api: Api) -> bool:
+    obj = api.get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io")
+    return condition(obj, "Available") == "True"
+
+
+def default_service_account(api: Api) -> bool:
+    status, _ = api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+    return status == 200
+
+
+class Waiter:
+    """Polls checks while watching the started processes for early death."""
+
+    def __init__(self, popens: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+        self.popens = popens
+        self.deadline = time.monotonic() + timeout
+        self.t0 = time.monotonic()
+
+    def check_processes(self) -> None:
+        for name, popen in self.popens.items():
+            code = popen.poll()
+            if code is not None:
+                raise ClusterError(
+                    f"{name} exited with code {code} during startup; "
+                    f"last lines of {log_path(name)}:\n{log_tail(name)}"
+                )
+
+    def until(self, what: str, check: Callable[[], bool], interval: float = 0.1) -> None:
+        last_error = ""
+        while True:
+            self.check_processes()
+            try:
+                if check():
+                    log(f"{what} ({time.monotonic() - self.t0:.1f}s)")
+                    return
+            except (OSError, http.client.HTTPException, ClusterError) as exc:
+                last_error = f": {exc}"
+            if time.monotonic() > self.deadline:
+                raise ClusterError(f"timed out waiting for {what}{last_error}")
+            time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def running() -> dict[str, Proc]:
+    procs = {n: Proc.load(n) for n in COMPONENTS}
+    return {n: p for n, p in procs.items() if p is not None and p.alive()}
+
+
+def healthy() -> bool:
+    procs = running()
+    if set(procs) != set(COMPONENTS):
+        return False
+    return all(health_check(n, p.port)() for n, p in procs.items())
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    if healthy() and ADMIN_KUBECONFIG.exists():
+        log(f"already up ({time.monotonic() - t0:.1f}s); export KUBECONFIG={ADMIN_KUBECONFIG}")
+        return 0
+    leftovers = running()
+    if leftovers:
+        log(f"partially running ({', '.join(leftovers)}); restarting")
+        stop_all()
+    bins = binaries()
+    p = ports()
+    busy = [f"{n}={port}" for n, port in p.items() if port_in_use(port)]
+    if busy:
+        raise ClusterError(
+            f"ports in use by another process: {', '.join(busy)}; free them or override "
+            + ", ".join(f"{var}" for var, _ in PORT_DEFAULTS.values())
+        )
+    t_setup = time.monotonic()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    ensure_pki()
+    for user, file in (
+        ("controller-manager", "controller-manager"),
+        ("scheduler", "scheduler"),
+        ("kwok", "kwok"),
+        ("metrics-server", "metrics-server"),
+    ):
+        write_kubeconfig(KUBECONFIGS / f"{file}.kubeconfig", user, p["kube-apiserver"])
+    log(f"certificates and kubeconfigs ready ({time.monotonic() - t_setup:.1f}s)")
+
+    popens: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        waiter = Waiter(popens, ready_timeout())
+
+        def start(name: str) -> None:
+            _, popens[name] = spawn(name, command(name, bins[name], p), p[name])
+
+        start("etcd")
+        waiter.until("etcd ready", health_check("etcd", p["etcd"]), interval=0.05)
+        start("kube-apiserver")
+        waiter.until(
+            "kube-apiserver ready", health_check("kube-apiserver", p["kube-apiserver"]), 0.1
+        )
+        for name in COMPONENTS[2:]:
+            start(name)
+        api = Api(p["kube-apiserver"])
+        pending = list(bootstrap_objects(p))
+
+        def apply_all() -> bool:
+            while pending:
+                path, obj = pending[0]
+                api.apply(path, obj)  # kube-system may not exist yet: retried
+                pending.pop(0)
+            return True
+
+        waiter.until("nodes, RBAC and metrics APIService applied", apply_all, interval=0.2)
+        for name in COMPONENTS[2:]:
+            waiter.until(f"{name} healthy", health_check(name, p[name]))
+        waiter.until(f"{node_count()} nodes Ready", lambda: nodes_ready(api), interval=0.2)
+        waiter.until("default ServiceAccount", lambda: default_service_account(api), 0.2)
+        waiter.until("metrics APIService Available", lambda: apiservice_available(api), 0.2)
+        write_kubeconfig(ADMIN_KUBECONFIG, "admin", p["kube-apiserver"])
+    except BaseException:
+        log("startup failed; stopping what was started")
+        stop_all()
+        raise
+    log(f"up in {time.monotonic() - t0:.1f}s; export KUBECONFIG={ADMIN_KUBECONFIG}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    names = list(running())
+    stop_all()
+    p = ports()
+    deadline = time.monotonic() + 10
+    busy = [n for n, port in p.items() if port_in_use(port)]
+    while busy and names and time.monotonic() < deadline:
+        time.sleep(0.1)
+        busy = [n for n, port in p.items() if port_in_use(port)]
+    if names:
+        log(f"stopped {', '.join(names)} ({time.monotonic() - t0:.1f}s)")
+    else:
+        log("nothing was running")
+    if args.purge and STATE_DIR.exists():
+        shutil.rmtree(STATE_DIR)
+        log(f"removed {STATE_DIR}")
+    if busy:
+        log(f"warning: ports still in use (not by us?): {', '.join(busy)}")
+    return 0
+
+
+def cmd_build(_: argparse.Namespace) -> int:
+    bins = binaries()
+    print(next(iter(bins.values())).parent)
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    procs = running()
+    for name in COMPONENTS:
+        proc = procs.get(name)
+        if proc is None:
+            print(f"{name:24} stopped")
+            continue
+        ok = health_check(name, proc.port)()
+        state = "healthy" if ok else "unhealthy"
+        print(f"{name:24} running  pid={proc.pid:<8} port={proc.port:<6} {state}  {log_path(name)}")
+    if len(procs) == len(COMPONENTS):
+        print(f"export KUBECONFIG={ADMIN_KUBECONFIG}")
+        return 0
+    return 1 if procs else 3
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    if not ADMIN_KUBECONFIG.exists():
+        log("the cluster has never been started; run 'up' first")
+    print(f"export KUBECONFIG={ADMIN_KUBECONFIG}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build if needed and start (idempotent)").set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop every component we started")
+    down.add_argument("--purge", action="store_true", help=f"also delete {STATE_DIR}")
+    down.set_defaults(func=cmd_down)
+    sub.add_parser("build", help="only build the binaries (cached)").set_defaults(func=cmd_build)
+    sub.add_parser("status", help="show which components run").set_defaults(func=cmd_status)
+    sub.add_parser("env", help="print the KUBECONFIG export").set_defaults(func=cmd_env)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ClusterError as exc:
+        log(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
