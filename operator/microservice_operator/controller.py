@@ -185,18 +185,23 @@ class Controller:
         try:
             self._execute(ms, p)
         except KubeError as exc:
-            reason = (
-                "ApplyFailed"
-                if exc.invalid
-                else exc.reason
-                if exc.reason == "ChildConflict"
-                else "ApiError"
-            )
+            if exc.namespace_terminating:
+                log.info("Skipped MicroService %s/%s: its namespace is being deleted", ns, name)
+                return None
+            if exc.invalid:
+                reason = "ApplyFailed"
+            elif exc.reason == "ChildConflict":
+                reason = "ChildConflict"
+            else:
+                reason = "ApiError"
             self.metrics.reconcile_error("Conflict" if exc.conflict else "ApiError")
             log.warning("Failed to reconcile MicroService %s/%s: %s", ns, name, exc)
             failed = planning.plan_error(ms, p, reason, exc.message, now)
-            self._write_status(ms, failed)
-            self._record(ms, failed)
+            try:
+                self._write_status(ms, failed)
+                self._record(ms, failed)
+            except KubeError as status_exc:
+                log.warning("Failed to record the error of %s/%s: %s", ns, name, status_exc)
             if exc.invalid:
                 return None  # the same input fails the same way; a spec change retries
             return self._backoff(key)

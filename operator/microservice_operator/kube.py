@@ -83,8 +83,19 @@ class KubeError(Exception):
 
     @property
     def invalid(self) -> bool:
-        """The server rejected the object as invalid; retrying the same input won't help."""
-        return self.status in (400, 422)
+        """The server rejected the object as invalid; retrying the same input won't help.
+
+        Server-side apply reports some invalid values (e.g. a malformed resource
+        quantity) as a 500 "failed to convert" rather than a 422.
+        """
+        if self.status in (400, 422):
+            return True
+        return self.status == 500 and "convert" in self.message
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted; its objects will be gone shortly."""
+        return self.status == 403 and "being terminated" in self.message
 
 
 def _error_from(status: int, raw: bytes | None) -> KubeError:

@@ -76,6 +76,19 @@ def wait_settled(api: client.ApiClient, namespace: str, name: str) -> None:
     wait_for(still, timeout=60, interval=2, message=f"{namespace}/{name} settled")
 
 
+def wait_quiet(api: client.ApiClient, namespace: str) -> None:
+    """Wait until other tests' namespaces are gone, so their teardown (MicroServices in
+    terminating namespaces) adds no requests to a quiet-period measurement."""
+
+    def others_gone() -> bool:
+        items = client.CoreV1Api(api).list_namespace(
+            label_selector="app.kubernetes.io/managed-by=pytest"
+        ).items
+        return all(ns.metadata.name == namespace for ns in items)
+
+    wait_for(others_gone, timeout=180, interval=1, message="other test namespaces deleted")
+
+
 def deployment(api: client.ApiClient, namespace: str, name: str) -> client.V1Deployment | None:
     try:
         return client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
@@ -478,6 +491,7 @@ def test_invalid_spec_beyond_the_schema_is_reported_not_retried(
         .items
     )
     assert len(events) == 1 and events[0].type == "Warning"
+    wait_quiet(kube_api, namespace)
     before = operator.requests()
     rv = get_ms(kube_api, namespace, "bad")["metadata"]["resourceVersion"]
     time.sleep(3)  # an observation window: nothing may happen in it
@@ -511,6 +525,7 @@ def test_converged_microservices_cost_no_writes(
     wait_ready(kube_api, namespace, name)
     # Let trailing watch events (pod status, HPA status) settle, then observe.
     wait_settled(kube_api, namespace, name)
+    wait_quiet(kube_api, namespace)
     before = operator.requests()
     time.sleep(5)  # an observation window: no write may happen in it
     after = operator.requests()
@@ -539,6 +554,8 @@ def test_restart_converges_without_duplicates(
     services = client.CoreV1Api(kube_api).list_namespaced_service(namespace).items
     assert [s.metadata.name for s in services] == ["hello"]
     # A restart of a converged operator writes nothing.
+    wait_settled(kube_api, namespace, "hello")
+    wait_quiet(kube_api, namespace)
     before_restart = get_ms(kube_api, namespace, "hello")["metadata"]["resourceVersion"]
     operator.restart()
     wait_for(lambda: "Started" in operator.log_text(), timeout=30, message="restarted")
