@@ -254,7 +254,8 @@ class Controller:
         if not p.status_changed:
             return
         meta = ms["metadata"]
-        patched = self.kube.patch_status(meta["namespace"], meta["name"], p.status)
+        patch = planning.merge_patch(ms.get("status") or {}, p.status)
+        patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
         if patched is not None:
             self.store.put(MS_KIND, patched)
 

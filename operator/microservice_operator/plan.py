@@ -177,6 +177,26 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     return not is_subset(body, live)
 
 
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    Fields dropped from status (a cleared quarantine, say) must be sent as null, or a
+    merge patch would leave them in place.
+    """
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
 def owns_replicas(deployment: dict[str, Any] | None) -> bool:
     """Whether our field manager applied spec.replicas of this Deployment."""
     if deployment is None:

@@ -331,3 +331,10 @@ def test_api_errors_replace_status_and_keep_observed_generation() -> None:
         "quantities must match",
     )
     assert [e.reason for e in failed.events] == ["ApplyFailed"]
+
+
+def test_merge_patch_nulls_removed_fields_recursively() -> None:
+    old = {"a": 1, "q": {"x": 1, "y": 2}, "gone": {"k": 1}, "list": [1, 2]}
+    new = {"a": 1, "q": {"x": 1}, "list": [1]}
+    assert plan.merge_patch(old, new) == {"gone": None, "q": {"y": None}, "list": [1]}
+    assert plan.merge_patch(new, new) == {}
