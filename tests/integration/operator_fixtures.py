@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
 
 
-def kubectl(kubeconfig: Path | str, *args: str, input: str | None = None, check: bool = True) -> str:
+def kubectl(
+    kubeconfig: Path | str, *args: str, input: str | None = None, check: bool = True
+) -> str:
     """Run the dev-extras kubectl against the cluster under test; stdout on success."""
     res = subprocess.run(
         [KUBECTL, f"--kubeconfig={kubeconfig}", *args],

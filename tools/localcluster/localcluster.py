@@ -586,6 +586,7 @@ def command(name: str, binary: Path, p: dict[str, int]) -> list[str]:
             f"--config={STAGES}/node.yaml",
             f"--config={STAGES}/pod.yaml",
             f"--config={STAGES}/metrics.yaml",
+            f"--config={STAGES}/pod-test-health.yaml",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             # Every fake node is reachable (kubelet port, resource metrics) here.
