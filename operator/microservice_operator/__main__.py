@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 namespaces=list(settings.namespaces),
                 standalone=settings.standalone,
                 peering_name=settings.peering,
+                priority=settings.priority,
                 liveness_endpoint=liveness,
                 memo=memo,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class Settings:
     log_level: str = "INFO"
     workers: int = 8
     peering: str | None = None
+    priority: int = 0
     resync_seconds: float = 300.0
     standalone: bool = field(default=True)
 
@@ -97,6 +99,14 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         help="kopf peering name for running several replicas with one active "
         "(needs the kopf peering CRDs). Env: MSO_PEERING. Default: standalone",
     )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=_env_int(env, "MSO_PRIORITY", -1),
+        help="kopf peering priority; the highest-priority peer is active. With "
+        "--peering and no priority, a random one is picked per process, because peers "
+        "of equal priority all pause. Env: MSO_PRIORITY.",
+    )
     p.set_defaults(env_namespaces=namespaces)
     return p
 
@@ -107,7 +117,11 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     namespaces = tuple(args.namespaces or args.env_namespaces)
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    priority = args.priority
+    if priority < 0:
+        priority = random.randint(1, 2**31 - 1) if args.peering else 0
     return Settings(
+        priority=priority,
         namespaces=namespaces,
         metrics_port=args.metrics_port,
         health_port=args.health_port,

@@ -44,3 +44,11 @@ def test_help_documents_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--namespace", "--metrics-port", "--health-port", "MSO_NAMESPACES"):
         assert flag in out
+
+
+def test_peers_get_distinct_priorities_unless_set() -> None:
+    a = settings.parse(["--peering", "mso"], env={})
+    b = settings.parse(["--peering", "mso"], env={})
+    assert a.priority > 0 and b.priority > 0 and a.priority != b.priority
+    assert settings.parse([], env={"MSO_PRIORITY": "7", "MSO_PEERING": "x"}).priority == 7
+    assert settings.parse([], env={}).priority == 0
