@@ -33,6 +33,7 @@ typecheck: venv ## mypy --strict on the package
 
 crds: venv ## Regenerate crds/ from the pydantic models
 	$(BIN)/python -m microservice_operator.crd
+	cp crds/microservices.mso.dev.yaml manifests/base/crds/microservices.mso.dev.yaml
 
 unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit

@@ -199,8 +199,7 @@ class Autoscaling(Model):
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
-                    "autoscaling.minReplicas must be less than or equal to "
-                    "autoscaling.maxReplicas",
+                    "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
                 ),
             ]
         }
@@ -293,8 +292,12 @@ class SecurityContext(Model):
     run_as_user: int | None = Field(None, ge=0, description="UID to run as.")
     run_as_group: int | None = Field(None, ge=0, description="GID to run as.")
     fs_group: int | None = Field(None, ge=0, description="Group owning mounted volumes.")
-    allow_privilege_escalation: bool = Field(False, description="Allow setuid binaries to gain privileges.")
-    read_only_root_filesystem: bool = Field(False, description="Mount the root filesystem read-only.")
+    allow_privilege_escalation: bool = Field(
+        False, description="Allow setuid binaries to gain privileges."
+    )
+    read_only_root_filesystem: bool = Field(
+        False, description="Mount the root filesystem read-only."
+    )
     drop_capabilities: list[str] = Field(
         default_factory=lambda: ["ALL"], description="Linux capabilities to drop."
     )
@@ -346,7 +349,9 @@ class Failover(Model):
         description="Ready/desired ratio of the primary below which it counts as unhealthy.",
     )
     failover_after_seconds: int = Field(
-        30, ge=0, description="Seconds the primary must stay unhealthy before traffic moves to the standby."
+        30,
+        ge=0,
+        description="Seconds the primary must stay unhealthy before traffic moves to the standby.",
     )
     failback_after_seconds: int = Field(
         120, ge=0, description="Seconds the primary must stay healthy before traffic moves back."
@@ -358,7 +363,9 @@ class Failover(Model):
         "0 disables remediation.",
     )
     max_remediations_per_window: int = Field(
-        1, ge=0, description="Most pods deleted per remediationWindowSeconds; 0 disables remediation."
+        1,
+        ge=0,
+        description="Most pods deleted per remediationWindowSeconds; 0 disables remediation.",
     )
     remediation_window_seconds: int = Field(
         300, ge=1, description="Window over which maxRemediationsPerWindow applies."
@@ -380,7 +387,8 @@ class MicroServiceSpec(Model):
                     ".ports",
                 ),
                 cel(
-                    "!has(self.ports) || self.ports.all(p, self.ports.exists_one(q, q.name == p.name))",
+                    "!has(self.ports) || "
+                    "self.ports.all(p, self.ports.exists_one(q, q.name == p.name))",
                     "spec.ports[].name must be unique",
                     ".ports",
                 ),
@@ -414,7 +422,7 @@ class MicroServiceSpec(Model):
     resources: Resources | None = Field(None, description="Container compute resources.")
     probes: Probes | None = Field(None, description="Health probes; defaulted from the first port.")
     service: ServiceSpec = Field(
-        default_factory=lambda: ServiceSpec(), description="The Service in front of the pods."
+        default_factory=ServiceSpec, description="The Service in front of the pods."
     )
     autoscaling: Autoscaling | None = Field(
         None, description="Horizontal pod autoscaling; none when unset."
@@ -425,11 +433,11 @@ class MicroServiceSpec(Model):
     strategy: Strategy | None = Field(None, description="Rolling update strategy.")
     pod_template: PodTemplate | None = Field(None, description="Pod-level settings.")
     security_context: SecurityContext = Field(
-        default_factory=lambda: SecurityContext(),
+        default_factory=SecurityContext,
         description="Container security settings; secure by default.",
     )
     failover: Failover = Field(
-        default_factory=lambda: Failover(), description="Health-based failover settings."
+        default_factory=Failover, description="Health-based failover settings."
     )
 
     @model_validator(mode="after")
@@ -470,9 +478,7 @@ class Condition(Model):
     observed_generation: int | None = Field(
         None, description="spec generation the condition was computed from."
     )
-    last_transition_time: str = Field(
-        ..., description="When status last changed (RFC 3339)."
-    )
+    last_transition_time: str = Field(..., description="When status last changed (RFC 3339).")
 
 
 class RevisionRecord(Model):
@@ -569,7 +575,8 @@ class MicroServiceStatus(Model):
         None, description="Internal timers of the failover logic."
     )
     conditions: list[Condition] | None = Field(
-        None, description="Ready, Progressing, Degraded, FailedOver, RolledBack, Reconciling, Stalled."
+        None,
+        description="Ready, Progressing, Degraded, FailedOver, RolledBack, Reconciling, Stalled.",
     )
 
 

@@ -81,9 +81,11 @@ def wait_quiet(api: client.ApiClient, namespace: str) -> None:
     terminating namespaces) adds no requests to a quiet-period measurement."""
 
     def others_gone() -> bool:
-        items = client.CoreV1Api(api).list_namespace(
-            label_selector="app.kubernetes.io/managed-by=pytest"
-        ).items
+        items = (
+            client.CoreV1Api(api)
+            .list_namespace(label_selector="app.kubernetes.io/managed-by=pytest")
+            .items
+        )
         return all(ns.metadata.name == namespace for ns in items)
 
     wait_for(others_gone, timeout=180, interval=1, message="other test namespaces deleted")
