@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from .api import Failover, FailoverEvent, FailoverState, QuarantineRecord, RevisionRecord, Track
 from .health import Health, PodObservation
+from .health import format_precise
 from .health import format_time as format_time  # noqa: PLC0414
 from .health import parse_time as parse_time  # noqa: PLC0414
 
@@ -55,7 +56,7 @@ def revision_clock(
     state = state or FailoverState()
     if revision == previous_revision and parse_time(state.revision_since) is not None:
         return state
-    return state.model_copy(update={"revision_since": format_time(now)})
+    return state.model_copy(update={"revision_since": format_precise(now)})
 
 
 # --------------------------------------------------------------------------- rollback
@@ -300,7 +301,7 @@ def _keep(old: str | None, new: datetime | None) -> str | None:
     """The stored string when it still denotes ``new``, so unchanged timers don't churn."""
     if new is None:
         return None
-    return old if parse_time(old) == new else format_time(new)
+    return old if parse_time(old) == new else format_precise(new)
 
 
 # --------------------------------------------------------------------------- remediation
@@ -353,7 +354,7 @@ def decide_remediation(
     def out(
         reason: str, message: str, delete: tuple[str, ...] = (), wait: float | None = None
     ) -> RemediationDecision:
-        stamps = (*kept, *(format_time(now) for _ in delete))
+        stamps = (*kept, *(format_precise(now) for _ in delete))
         new = list(stamps) or None
         changed = state.model_copy(update={"remediations": new})
         return RemediationDecision(

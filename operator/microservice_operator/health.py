@@ -47,6 +47,20 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_precise(value: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, for the failover timers in status.
+
+    Second precision would truncate "unhealthy since" by up to a second and let
+    failover act up to a second before failoverAfterSeconds has really passed.
+    """
+    if value.tzinfo is None:
+        raise ValueError("format_precise needs a timezone-aware datetime")
+    value = value.astimezone(UTC)
+    if value.microsecond < 1000:  # whole seconds read the same as metav1.Time
+        return format_time(value)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def parse_time(value: object) -> datetime | None:
     """A timezone-aware UTC datetime from an RFC 3339 string, or None.
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from microservice_operator import health
 from microservice_operator.api import Failover
 from microservice_operator.health import (
     DeploymentObservation,
@@ -596,3 +597,10 @@ def test_assess_from_raw_objects() -> None:
         "2/3 ready; 1 pod CrashLoopBackOff; 1 pod stuck NotReady; "
         "rollout in progress (1/3 updated); progress deadline exceeded"
     )
+
+
+def test_failover_timers_keep_sub_second_precision() -> None:
+    t = datetime(2026, 11, 28, 2, 0, 50, 750000, tzinfo=UTC)
+    assert health.format_precise(t) == "2026-11-28T02:00:50.750Z"
+    assert health.parse_time(health.format_precise(t)) == t
+    assert health.format_precise(t.replace(microsecond=0)) == "2026-11-28T02:00:50Z"
