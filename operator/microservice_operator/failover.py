@@ -22,8 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .api import Failover, FailoverEvent, FailoverState, QuarantineRecord, RevisionRecord, Track
-from .health import Health, PodObservation
-from .health import format_precise
+from .health import Health, PodObservation, format_precise
 from .health import format_time as format_time  # noqa: PLC0414
 from .health import parse_time as parse_time  # noqa: PLC0414
 
