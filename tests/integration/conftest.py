@@ -37,11 +37,15 @@ class KubeCluster:
 
 
 def _run_localcluster(pytestconfig: pytest.Config, *args: str) -> int:
-    """Runs localcluster.py with pytest's capture suspended so progress shows live."""
+    """Runs localcluster.py with pytest's capture suspended so its progress (on stderr)
+    shows live, e.g. during a cold build."""
     capman = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
         return subprocess.run(
-            [sys.executable, str(LOCALCLUSTER), *args], stdin=subprocess.DEVNULL, check=False
+            [sys.executable, str(LOCALCLUSTER), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            check=False,
         ).returncode
 
 

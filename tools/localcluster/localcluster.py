@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
+import fcntl
 import http.client
 import json
 import os
@@ -76,8 +78,13 @@ COMPONENTS = (
     "kwok",
     "metrics-server",
 )
-# Stop order: the API server's clients together, then the API server, then etcd.
-STOP_GROUPS = (COMPONENTS[2:], ("kube-apiserver",), ("etcd",))
+# Stop order and SIGTERM grace: the API server's clients together, then the API
+# server (stateless, so a short grace before SIGKILL), then etcd.
+STOP_GROUPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (COMPONENTS[2:], 10.0),
+    (("kube-apiserver",), 5.0),
+    (("etcd",), 10.0),
+)
 
 
 class ClusterError(Exception):
@@ -457,8 +464,8 @@ def spawn(name: str, argv: list[str], port: int) -> tuple[Proc, subprocess.Popen
 
 
 def stop_all() -> None:
-    for group in STOP_GROUPS:
-        stop(group)
+    for group, timeout in STOP_GROUPS:
+        stop(group, timeout)
 
 
 def stop(names: Sequence[str], timeout: float = 15.0) -> None:
@@ -473,7 +480,7 @@ def stop(names: Sequence[str], timeout: float = 15.0) -> None:
         time.sleep(0.05)
         running = [p for p in running if p.alive()]
     for p in running:
-        log(f"{p.name} (pid {p.pid}) ignored SIGTERM for {timeout:.0f}s, sending SIGKILL")
+        log(f"{p.name} (pid {p.pid}) still running {timeout:.0f}s after SIGTERM, sending SIGKILL")
         with contextlib.suppress(ProcessLookupError):
             os.kill(p.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -770,6 +777,19 @@ def bootstrap_objects(p: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]
 # --------------------------------------------------------------------------- readiness
 
 
+def release_node_leases(api: Api) -> None:
+    """Deletes the fake nodes' Leases left by a previous kwok run.
+
+    kwok takes a random identity on each start and only plays the pods of nodes
+    whose Lease it holds, so it would wait for the old Leases to expire (~40 s).
+    """
+    for i in range(node_count()):
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/kwok-node-{i}"
+        status, resp = api.request("DELETE", path)
+        if status not in (200, 202, 404):
+            raise ClusterError(f"DELETE {path}: HTTP {status}: {resp}")
+
+
 def condition(obj: dict[str, Any], ctype: str) -> str | None:
     for cond in obj.get("status", {}).get("conditions") or []:
         if cond.get("type") == ctype:
@@ -787,7 +807,23 @@ def nodes_ready(api: Api) -> bool:
         taints = node.get("spec", {}).get("taints") or []
         if any(t.get("key", "").startswith("node.kubernetes.io/") for t in taints):
             return False
+        # kwok plays a node's pods only while it holds (renews) the node's Lease.
+        name = node["metadata"]["name"]
+        status, lease = api.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+        )
+        if status != 200 or not lease_fresh(lease):
+            return False
     return True
+
+
+def lease_fresh(lease: dict[str, Any], max_age: float = 40.0) -> bool:
+    renewed = lease.get("spec", {}).get("renewTime")
+    if not renewed:
+        return False
+    when = datetime.datetime.fromisoformat(renewed.replace("Z", "+00:00"))
+    age = datetime.datetime.now(datetime.UTC) - when
+    return age.total_seconds() < max_age
 
 
 def apiservice_available(api: Api) -> bool:
@@ -889,9 +925,10 @@ def cmd_up(_: argparse.Namespace) -> int:
         waiter.until(
             "kube-apiserver ready", health_check("kube-apiserver", p["kube-apiserver"]), 0.1
         )
+        api = Api(p["kube-apiserver"])
+        release_node_leases(api)
         for name in COMPONENTS[2:]:
             start(name)
-        api = Api(p["kube-apiserver"])
         pending = list(bootstrap_objects(p))
 
         def apply_all() -> bool:
@@ -918,23 +955,29 @@ def cmd_up(_: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    names = list(running())
+    procs = running()
+    names = list(procs)
     stop_all()
-    p = ports()
+    # The ports these processes listened on must be free again.
     deadline = time.monotonic() + 10
-    busy = [n for n, port in p.items() if port_in_use(port)]
-    while busy and names and time.monotonic() < deadline:
+    busy = [f"{n}={p.port}" for n, p in procs.items() if port_in_use(p.port)]
+    while busy and time.monotonic() < deadline:
         time.sleep(0.1)
-        busy = [n for n, port in p.items() if port_in_use(port)]
+        busy = [f"{n}={p.port}" for n, p in procs.items() if port_in_use(p.port)]
     if names:
         log(f"stopped {', '.join(names)} ({time.monotonic() - t0:.1f}s)")
     else:
         log("nothing was running")
     if args.purge and STATE_DIR.exists():
-        shutil.rmtree(STATE_DIR)
-        log(f"removed {STATE_DIR}")
+        for child in STATE_DIR.iterdir():  # keep the lock file we hold
+            if child.name != "lock":
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        log(f"removed the contents of {STATE_DIR}")
     if busy:
-        log(f"warning: ports still in use (not by us?): {', '.join(busy)}")
+        raise ClusterError(f"ports still in use after stopping: {', '.join(busy)}")
     return 0
 
 
@@ -967,6 +1010,19 @@ def cmd_env(_: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def state_lock() -> Iterator[None]:
+    """Serialises up/down of one state directory (e.g. two test sessions at once)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with (STATE_DIR / "lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another localcluster command on this directory")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -979,6 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("env", help="print the KUBECONFIG export").set_defaults(func=cmd_env)
     args = parser.parse_args(argv)
     try:
+        if args.command in ("up", "down"):
+            with state_lock():
+                return int(args.func(args))
         return int(args.func(args))
     except ClusterError as exc:
         log(f"error: {exc}")
