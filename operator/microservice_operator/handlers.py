@@ -38,7 +38,8 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.watching.server_timeout = 270
     kopf_settings.watching.client_timeout = 300
     kopf_settings.watching.connect_timeout = 30
-    # Event handlers are async and cheap; the controller has its own worker pool.
+    # Event handlers are async and cheap (a cache update and a queue add); the
+    # controller has its own worker pool for reconciles.
     kopf_settings.batching.worker_limit = None
     kopf_settings.batching.batch_window = 0.1
     kopf_settings.execution.max_workers = 4
@@ -76,7 +77,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def microservice_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def microservice_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Queue the MicroService; deletions drop its metrics."""
     controller: Controller | None = memo.get("controller")
     if controller is not None:
@@ -84,7 +85,9 @@ def microservice_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: 
 
 
 def _child_handler(kind: str) -> Any:
-    def handler(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # async on purpose: sync handlers run in kopf's thread pool, and the work queue
+    # (asyncio) must only be touched from the event loop's thread.
+    async def handler(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller | None = memo.get("controller")
         if controller is not None:
             controller.on_child(kind, type, dict_of(body))

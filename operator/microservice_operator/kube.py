@@ -94,8 +94,10 @@ class KubeError(Exception):
 
     @property
     def namespace_terminating(self) -> bool:
-        """The namespace is being deleted; its objects will be gone shortly."""
-        return self.status == 403 and "being terminated" in self.message
+        """The namespace is being deleted (or is gone); its objects will be gone shortly."""
+        if self.status == 403 and "being terminated" in self.message:
+            return True
+        return self.status == 404 and self.message.startswith("namespaces ")
 
 
 def _error_from(status: int, raw: bytes | None) -> KubeError:
