@@ -10,6 +10,7 @@ in a bounded thread pool so the event loop keeps serving watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,12 +89,26 @@ class Controller:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _resync(self) -> None:
-        # A slow safety net: re-check everything now and then, in case an event was
-        # lost. Costs no API calls: it reads the caches.
+        # A slow safety net: now and then, LIST every kind to drop objects whose
+        # deletion a restarted watch never reported, and re-check everything.
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                await loop.run_in_executor(self.executor, self._relist)
+            except KubeError as exc:
+                log.warning("Failed to resync caches: %s", exc)
             for ns, name in self.store.keys(MS_KIND):
                 self.queue.add((ns, name))
+
+    def _relist(self) -> None:
+        for ns in self.kube.iter_namespaces(self.settings.namespaces):
+            kinds = [(MICROSERVICES, None), *((r, MANAGED_SELECTOR) for r in CHILD_RESOURCES)]
+            for res, selector in kinds:
+                objs, rv = self.kube.list_with_version(res, ns, label_selector=selector)
+                dropped = self.store.replace(res.kind, objs, rv, namespace=ns)
+                if dropped:
+                    log.info("Dropped %d stale %s objects from the cache", dropped, res.kind)
 
     # ------------------------------------------------------------------ events
     def on_microservice(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -206,7 +221,7 @@ class Controller:
                 return None  # the same input fails the same way; a spec change retries
             return self._backoff(key)
         self._failures.pop(key, None)
-        if p.invalid:
+        if p.invalid and p.events:  # counted once per new problem, not per pod event
             self.metrics.reconcile_error("InvalidSpec")
         return p.requeue_after
 
@@ -221,6 +236,13 @@ class Controller:
             cached = self.store.get(kind, ns, child)
             if cached is None:
                 self._check_not_foreign(ms, kind, child)
+            elif not planning.controlled_by(cached, ms["metadata"].get("uid", "")):
+                raise KubeError(
+                    409,
+                    "ChildConflict",
+                    f"{kind} {ns}/{child} already exists and is not owned by this "
+                    "MicroService; rename or delete it",
+                )
             live = self.kube.apply(manifest)
             self.store.put(kind, live)
             log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
@@ -230,8 +252,20 @@ class Controller:
         for pod, uid in p.pod_deletes:
             if self.kube.delete(PODS, ns, pod, uid=uid):
                 log.warning("Deleted stuck Pod %s/%s of MicroService %s", ns, pod, name)
+                self._mark_deleting(ns, pod)
         self._write_status(ms, p)
         self._record(ms, p)
+
+    def _mark_deleting(self, ns: str, pod: str) -> None:
+        """Show a pod we just deleted as terminating in the cache, so a reconcile that
+        runs before its watch event does not pick it again."""
+        cached = self.store.get("Pod", ns, pod)
+        if cached is not None:
+            copy = {**cached, "metadata": {**cached["metadata"]}}
+            copy["metadata"]["deletionTimestamp"] = planning.rfc3339(utcnow())
+            with contextlib.suppress(KeyError):
+                self.store.delete("Pod", cached)
+            self.store.put("Pod", copy)
 
     def _check_not_foreign(self, ms: dict[str, Any], kind: str, child: str) -> None:
         """Refuse to take over an object that exists but is not ours.

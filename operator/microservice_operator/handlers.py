@@ -15,7 +15,7 @@ import kopf
 
 from . import __version__
 from .api import GROUP, PLURAL, VERSION
-from .controller import CHILD_RESOURCES, Controller
+from .controller import CHILD_RESOURCES, MANAGED_SELECTOR, Controller
 from .kube import Kube, load_api_client
 from .metrics import OperatorMetrics
 from .settings import FIELD_MANAGER, Settings
@@ -43,6 +43,11 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.batching.worker_limit = None
     kopf_settings.batching.batch_window = 0.1
     kopf_settings.execution.max_workers = 4
+    # Filter child watches on the server: only our labelled objects are streamed
+    # (not every Pod of the cluster), and an object that loses the label arrives as
+    # a DELETED event instead of lingering in the cache.
+    for res in CHILD_RESOURCES:
+        kopf_settings.watching.label_selectors[res.group or "v1", res.plural] = MANAGED_SELECTOR
     kopf_settings.peering.standalone = settings.standalone
     if settings.peering:
         kopf_settings.peering.name = settings.peering

@@ -8,6 +8,7 @@ server-side apply with our field manager, so we own exactly the fields we send.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -191,7 +192,18 @@ class Kube:
         label_selector: str | None = None,
     ) -> list[dict[str, Any]]:
         """All objects of a kind (in a namespace, or cluster-wide), paginated."""
-        items: list[dict[str, Any]] = []
+        return self.list_with_version(resource, namespace, label_selector=label_selector)[0]
+
+    def list_with_version(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """All objects and the resourceVersion the list was read at."""
+        items: builtins.list[dict[str, Any]] = []
+        list_rv = 0
         token: str | None = None
         while True:
             query: list[tuple[str, Any]] = [("limit", 500)]
@@ -205,9 +217,15 @@ class Kube:
                 item.setdefault("apiVersion", resource.api_version)
                 item.setdefault("kind", kind)
                 items.append(item)
-            token = page.get("metadata", {}).get("continue")
+            meta = page.get("metadata", {})
+            if not list_rv:
+                try:
+                    list_rv = int(meta.get("resourceVersion", "0"))
+                except ValueError:
+                    list_rv = 0
+            token = meta.get("continue")
             if not token:
-                return items
+                return items, list_rv
 
     def iter_namespaces(self, namespaces: tuple[str, ...]) -> Iterator[str | None]:
         """None (cluster-wide) when no namespaces are given, else each namespace."""

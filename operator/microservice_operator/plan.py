@@ -24,6 +24,7 @@ from .api import (
     FailoverState,
     MicroServiceSpec,
     MicroServiceStatus,
+    Phase,
 )
 from .settings import FIELD_MANAGER
 
@@ -141,27 +142,45 @@ def _quantity_equal(a: object, b: object) -> bool:
         return False
 
 
-def is_subset(desired: Any, live: Any) -> bool:
+def _is_zero(value: Any) -> bool:
+    return value is False or value == 0 or value in ("", [], {})
+
+
+def is_subset(desired: Any, live: Any, *, quantities: bool = False) -> bool:
     """Whether every field of ``desired`` has the same value in ``live``.
 
     Fields the API server defaulted (or other managers added) are ignored; lists must
-    match element by element. Resource quantities compare by value ("0.5" == "500m").
+    match element by element. A zero value we send ("", 0, [], {}) matches a missing
+    field, because the API server omits empty fields. Under ``resources``, quantities
+    compare by value ("0.5" == "500m"), as the API server canonicalises them.
     """
     if isinstance(desired, dict):
         if not isinstance(live, dict):
             return False
-        return all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+        return all(
+            is_subset(v, live[k], quantities=quantities or k == "resources")
+            if k in live
+            else _is_zero(v)
+            for k, v in desired.items()
+        )
     if isinstance(desired, list):
         if not isinstance(live, list) or len(desired) != len(live):
             return False
-        return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=True))
+        return all(
+            is_subset(d, lv, quantities=quantities) for d, lv in zip(desired, live, strict=True)
+        )
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live
     if desired == live:
         return True
-    if isinstance(desired, str | int | float) and isinstance(live, str | int | float):
-        # The API server canonicalises quantities ("0.5" -> "500m", 1000000 -> "1M").
+    if (
+        quantities
+        and isinstance(desired, str | int | float)
+        and isinstance(live, str | int | float)
+    ):
         return _quantity_equal(desired, live)
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return float(desired) == float(live)
     return False
 
 
@@ -284,32 +303,29 @@ def plan_invalid(ms: dict[str, Any], error: str, now: datetime) -> Plan:
     if old_ready is None or old_ready.reason != "InvalidSpec" or old_ready.message != error:
         plan.events.append(EventSpec("Warning", "InvalidSpec", error))
     _finish_status(plan, ms.get("status"), status)
-    plan.gauges = Gauges(0, 0, 0, 0, 0, 0.0, False, old.active_track or "primary")
     return plan
 
 
 def plan_error(ms: dict[str, Any], plan: Plan, reason: str, message: str, now: datetime) -> Plan:
-    """Replace a plan's status after a write failed: Ready=False with the server's message.
+    """The status to write after a write failed: the stored status with Ready=False and
+    the server's message.
 
-    observedGeneration is not advanced, so tools waiting on it keep waiting.
+    Built from the stored status, not from the failed plan: its decisions (a
+    quarantine, a traffic switch, remediation stamps) did not all happen, so they are
+    not recorded; the next successful reconcile decides again and then emits their
+    Events and counters. observedGeneration stays, so tools waiting on it keep waiting.
     """
     _, _, _, generation = _meta(ms)
     old = parse_status(ms.get("status"))
-    status = parse_status(plan.status)
     ts = rfc3339(now)
-    prev = status.conditions
+    prev = old.conditions
     conds = [
         conditions.make(prev, "Ready", False, reason, message, generation=generation, now=ts),
         conditions.make(prev, "Stalled", True, reason, message, generation=generation, now=ts),
     ]
-    status = status.model_copy(
-        update={
-            "observed_generation": old.observed_generation,
-            "conditions": conditions.merge(prev, conds),
-        }
-    )
+    status = old.model_copy(update={"conditions": conditions.merge(prev, conds)})
     out = Plan(invalid=plan.invalid, gauges=plan.gauges)
-    old_ready = conditions.find(old.conditions, "Ready")
+    old_ready = conditions.find(prev, "Ready")
     if old_ready is None or old_ready.reason != reason or old_ready.message != message:
         out.events.append(EventSpec("Warning", reason, message))
     _finish_status(out, ms.get("status"), status)
@@ -456,7 +472,12 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         source_spec=source_spec,
         standby_replicas=track.standby_replicas if standby_configured else None,
     )
-    for key, manifest in children.items():
+    # The Service first: on failback traffic must leave the standby before the
+    # standby is scaled down (on failover the standby was scaled up in an earlier
+    # reconcile; the switch waits for its pods to be ready).
+    order = sorted(children, key=lambda k: (k != "service", k != "deployment"))
+    for key in order:
+        manifest = children[key]
         live = observed.child(key)
         if manifest is None:
             if live is not None and controlled_by(live, uid):
@@ -515,11 +536,14 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         active_track=active_track,
     )
     waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
-    if not assessed.fully_healthy:
-        # Re-check by the rollout deadline and the stuck-pod horizon even without events.
-        waits.append(
-            max(1.0, (revision_since - now).total_seconds() + fo.progress_deadline_seconds)
-        )
+    if (
+        not assessed.fully_healthy
+        and assessed.deadline_at is not None
+        and assessed.deadline_at > now
+    ):
+        # Re-check at the rollout deadline even if no event arrives by then; once it
+        # has passed, events (not a timer) drive further reconciles.
+        waits.append(max(0.5, (assessed.deadline_at - now).total_seconds() + 0.05))
     result.requeue_after = min(waits) if waits else None
     return result
 
@@ -546,8 +570,17 @@ def _status(
     dep_status = (dep or {}).get("status") or {}
     desired = assessed.desired
     on_standby = active_track == "standby"
-    rolling = dep is None or (not assessed.fully_healthy and not assessed.deadline_exceeded)
     bad = decision.action in ("rollback", "stay_rolled_back", "degraded_no_rollback")
+    # A revision that already proved itself (it is the last known good) stays Ready
+    # while enough of its pods are (an HPA scale-up, a pod restart or a node drain is
+    # not an outage); a new revision is Ready only once fully rolled out and healthy.
+    proven = (
+        assessed.rolled_out
+        and old.last_known_good is not None
+        and old.last_known_good.revision == assessed.revision
+    )
+    serving = assessed.fully_healthy or (proven and assessed.healthy)
+    rolling = dep is None or (not assessed.rolled_out and not bad)
 
     def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
         return conditions.make(prev, type_, status, reason, message, generation=generation, now=ts)
@@ -562,17 +595,17 @@ def _status(
             "ServingFromStandby" if ok else "StandbyNotReady",
             f"Primary unhealthy ({assessed.summary}); traffic on the standby",
         )
-    elif assessed.fully_healthy:
+    elif serving:
         ready = cond("Ready", True, "Available", assessed.summary)
     elif bad and not rolled_back:
         ready = cond("Ready", False, decision.reason, decision.message)
     else:
-        ready = cond("Ready", False, "NotReady" if not rolling else "RollingOut", assessed.summary)
+        ready = cond("Ready", False, "RollingOut" if rolling else "NotReady", assessed.summary)
 
-    if dep is None or (rolling and not bad):
+    if rolling:
         progressing = cond("Progressing", True, "RollingOut", f"Rolling out: {assessed.summary}")
-    elif assessed.deadline_exceeded and not rolled_back:
-        progressing = cond("Progressing", False, "ProgressDeadlineExceeded", decision.message)
+    elif bad and not rolled_back:
+        progressing = cond("Progressing", False, decision.reason, decision.message)
     else:
         progressing = cond("Progressing", False, "RolloutComplete", assessed.summary)
 
@@ -582,7 +615,7 @@ def _status(
         degraded = cond("Degraded", True, decision.reason, decision.message)
     elif on_standby:
         degraded = cond("Degraded", True, "PrimaryUnhealthy", assessed.summary)
-    elif dep is not None and not assessed.fully_healthy and not rolling:
+    elif dep is not None and not rolling and not assessed.healthy:
         degraded = cond("Degraded", True, "ReplicasUnavailable", assessed.summary)
     else:
         degraded = cond("Degraded", False, "AsExpected", "")
@@ -600,7 +633,7 @@ def _status(
         else:
             conds.append(cond("FailedOver", False, "PrimaryHealthy", "Traffic on the primary"))
     stalled = bad and not rolled_back
-    reconciling = not stalled and (rolling or dep is None)
+    reconciling = rolling and not stalled
     conds.append(
         cond(
             "Reconciling",
@@ -619,15 +652,15 @@ def _status(
     )
 
     if on_standby:
-        phase = "FailedOver"
+        phase: Phase = "FailedOver"
     elif dep is None:
         phase = "Pending"
-    elif assessed.fully_healthy and not rolled_back:
-        phase = "Running"
-    elif rolled_back or bad or not rolling:
-        phase = "Degraded"
-    else:
+    elif rolling:
         phase = "Progressing"
+    elif serving and not rolled_back and degraded.status == "False":
+        phase = "Running"
+    else:
+        phase = "Degraded"
 
     return old.model_copy(
         update={

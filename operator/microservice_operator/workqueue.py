@@ -61,8 +61,8 @@ class Store:
         with self._lock:
             objs = self._objects.setdefault(kind, {})
             old = objs.get(ident)
-            if old is not None and _rv(old) > _rv(obj) > 0:
-                return False
+            if old is not None and _rv(old) >= _rv(obj) > 0:
+                return False  # older, or the echo of a write we already stored
             objs[ident] = obj
             owner = self.owner_key(obj)
             if owner is not None:
@@ -70,9 +70,14 @@ class Store:
             return True
 
     def delete(self, kind: str, obj: dict[str, Any]) -> None:
-        """Forget an object (it was deleted)."""
+        """Forget an object (it was deleted), unless a re-created one of the same name
+        (another uid) is stored already: a late DELETED must not evict its successor."""
         ident = self._ident(obj)
         with self._lock:
+            stored = self._objects.get(kind, {}).get(ident)
+            uid = obj.get("metadata", {}).get("uid")
+            if stored is not None and uid and stored.get("metadata", {}).get("uid") != uid:
+                return
             old = self._objects.get(kind, {}).pop(ident, None)
             owner = self.owner_key(old or obj)
             if owner is not None:
@@ -81,6 +86,30 @@ class Store:
                     idents.discard(ident)
                     if not idents:
                         del self._by_owner[kind][owner]
+
+    def replace(
+        self, kind: str, objs: list[dict[str, Any]], list_rv: int, namespace: str | None = None
+    ) -> int:
+        """Make the store hold exactly a fresh LIST of a kind; returns objects dropped.
+
+        Watches that restart relist without sending DELETED for what vanished in the
+        meantime; this drops such phantoms. Objects newer than the LIST (changed by a
+        watch event since) are kept; with ``namespace``, only that namespace is replaced.
+        """
+        fresh = {self._ident(o) for o in objs}
+        for obj in objs:
+            self.put(kind, obj)
+        dropped = 0
+        with self._lock:
+            stale = [
+                o
+                for i, o in self._objects.get(kind, {}).items()
+                if i not in fresh and _rv(o) <= list_rv and namespace in (None, i[0])
+            ]
+        for obj in stale:
+            self.delete(kind, obj)
+            dropped += 1
+        return dropped
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The stored object, or None."""

@@ -310,12 +310,21 @@ def test_first_ever_bad_release_is_degraded_without_rollback() -> None:
     assert "quarantinedRevision" not in p.status
 
 
-def test_quantities_compare_by_value() -> None:
-    assert plan.is_subset({"cpu": "0.5"}, {"cpu": "500m"})
-    assert plan.is_subset({"memory": 1000000}, {"memory": "1M"})
-    assert not plan.is_subset({"cpu": "1"}, {"cpu": "2"})
+def test_quantities_compare_by_value_only_under_resources() -> None:
+    assert plan.is_subset({"resources": {"cpu": "0.5"}}, {"resources": {"cpu": "500m"}})
+    assert plan.is_subset(
+        {"resources": {"limits": {"memory": 1000000}}}, {"resources": {"limits": {"memory": "1M"}}}
+    )
+    assert not plan.is_subset({"resources": {"cpu": "1"}}, {"resources": {"cpu": "2"}})
+    assert not plan.is_subset({"annotations": {"a": "1k"}}, {"annotations": {"a": "1000"}})
     assert not plan.is_subset([1, 2], [1])
     assert not plan.is_subset({"a": True}, {"a": 1})
+
+
+def test_zero_values_match_fields_the_server_omits() -> None:
+    assert plan.is_subset({"env": [{"name": "A", "value": ""}]}, {"env": [{"name": "A"}]})
+    assert plan.is_subset({"initialDelaySeconds": 0, "x": [], "y": {}}, {})
+    assert not plan.is_subset({"replicas": 2}, {})
 
 
 def test_api_errors_replace_status_and_keep_observed_generation() -> None:

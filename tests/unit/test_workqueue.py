@@ -68,3 +68,30 @@ def test_forget_cancels_timers() -> None:
         return False
 
     assert asyncio.run(scenario())
+
+
+def test_replace_drops_phantoms_but_keeps_newer_objects() -> None:
+    s = Store()
+    s.put("Pod", _obj("gone", "3"))
+    s.put("Pod", _obj("kept", "4"))
+    s.put("Pod", _obj("newer", "9"))  # changed after the LIST below was read
+    dropped = s.replace("Pod", [_obj("kept", "4")], list_rv=5)
+    assert dropped == 1
+    assert s.keys("Pod") == [("ns", "kept"), ("ns", "newer")]
+
+
+def test_late_delete_does_not_evict_a_recreated_object() -> None:
+    s = Store()
+    new = _obj("a", "7")
+    new["metadata"]["uid"] = "second"  # type: ignore[index]
+    s.put("Pod", new)
+    old = _obj("a", "5")
+    old["metadata"]["uid"] = "first"  # type: ignore[index]
+    s.delete("Pod", old)
+    assert s.get("Pod", "ns", "a") is new
+
+
+def test_echo_of_a_stored_write_is_not_news() -> None:
+    s = Store()
+    assert s.put("Pod", _obj("a", "5"))
+    assert not s.put("Pod", _obj("a", "5"))
