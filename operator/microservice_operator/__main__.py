@@ -35,9 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kopf.operator(
                 clusterwide=settings.clusterwide,
                 namespaces=list(settings.namespaces),
-                standalone=settings.standalone,
-                peering_name=settings.peering,
-                priority=settings.priority,
+                # Replicas coordinate through a Lease (leader.py), not kopf peering.
+                standalone=True,
                 liveness_endpoint=liveness,
                 memo=memo,
             )

@@ -17,8 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from . import leader
 from . import plan as planning
-from .kube import BY_KIND, DEPLOYMENTS, HPAS, MICROSERVICES, PDBS, PODS, SERVICES, Kube, KubeError
+from .kube import (
+    BY_KIND,
+    DEPLOYMENTS,
+    HPAS,
+    LEASES,
+    MICROSERVICES,
+    PDBS,
+    PODS,
+    SERVICES,
+    Kube,
+    KubeError,
+)
 from .metrics import OperatorMetrics
 from .settings import FIELD_MANAGER, Settings
 from .workqueue import Key, Store, WorkQueue, cancel_all
@@ -51,6 +63,12 @@ class Controller:
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._primed = asyncio.Event()
+        # Set while this replica may reconcile: always when standalone, while it
+        # holds the Lease with leader election. Lease calls get their own thread so
+        # busy reconciles never delay a renewal.
+        self._leading = asyncio.Event()
+        self._lease: dict[str, Any] | None = None
+        self._lease_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -67,6 +85,10 @@ class Controller:
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="mso-resync"))
+        if self.settings.leader_election:
+            self._tasks.append(asyncio.create_task(self._elect(), name="mso-leader"))
+        else:
+            self._leading.set()
         log.info(
             "Started %d workers with %d MicroServices cached",
             self.settings.workers,
@@ -82,11 +104,65 @@ class Controller:
                     self.store.put(res.kind, obj)
 
     async def stop(self) -> None:
-        """Stop workers and timers; in-flight API calls finish in their threads."""
+        """Stop workers and timers, and hand the Lease over; in-flight API calls finish
+        in their threads."""
         self.queue.shutdown()
         await cancel_all(self._tasks)
         self._tasks.clear()
+        if self.settings.leader_election and self._leading.is_set() and self._lease:
+            self._leading.clear()
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(KeyError, KubeError):
+                await loop.run_in_executor(self._lease_executor, self._release)
+                log.info("Released the leader Lease")
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._lease_executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ leadership
+    async def _elect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                leading = await loop.run_in_executor(self._lease_executor, self._try_lead)
+            except KubeError as exc:
+                log.warning("Failed to renew the leader Lease: %s", exc)
+                leading = False
+            if leading and not self._leading.is_set():
+                log.info("Became the leader (%s); reconciling", self.settings.identity)
+                self._leading.set()
+                for ns, name in self.store.keys(MS_KIND):
+                    self.queue.add((ns, name))
+            elif not leading and self._leading.is_set():
+                # Stop at once: another replica may take over once the Lease expires.
+                log.warning("Lost the leader Lease; pausing reconciles")
+                self._leading.clear()
+            await asyncio.sleep(leader.RENEW_INTERVAL_SECONDS)
+
+    def _try_lead(self) -> bool:
+        """One round of the election: create, renew or take over the Lease, or wait."""
+        s = self.settings
+        lease = self.kube.get(LEASES, s.lease_namespace, s.lease_name)
+        state = leader.LeaseState.of(lease) if lease is not None else None
+        now = utcnow()
+        action = leader.decide(state, s.identity, now)
+        if action == "wait":
+            return False
+        spec = leader.lease_spec(action, state, s.identity, now)
+        try:
+            if lease is None:
+                self._lease = self.kube.create_lease(s.lease_namespace, s.lease_name, spec)
+            else:
+                self._lease = self.kube.update_lease(lease, spec)
+        except KubeError as exc:
+            if exc.conflict:
+                return False  # another replica wrote first: it leads this round
+            raise
+        return True
+
+    def _release(self) -> None:
+        lease = self.kube.get(LEASES, self.settings.lease_namespace, self.settings.lease_name)
+        if lease is not None and leader.LeaseState.of(lease).holder == self.settings.identity:
+            self.kube.update_lease(lease, leader.released_spec(leader.LeaseState.of(lease)))
 
     async def _resync(self) -> None:
         # A slow safety net: now and then, LIST every kind to drop objects whose
@@ -139,7 +215,12 @@ class Controller:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._leading.wait()
             key = await self.queue.get()
+            if not self._leading.is_set():  # lost the Lease while waiting for work
+                self.queue.done(key)
+                self.queue.add(key)
+                continue
             try:
                 delay = await loop.run_in_executor(self.executor, self.reconcile, key)
             except Exception:  # a bug must not kill the worker; back off and retry

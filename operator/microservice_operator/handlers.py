@@ -48,11 +48,9 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     # a DELETED event instead of lingering in the cache.
     for res in CHILD_RESOURCES:
         kopf_settings.watching.label_selectors[res.group or "v1", res.plural] = MANAGED_SELECTOR
-    kopf_settings.peering.standalone = settings.standalone
-    if settings.peering:
-        kopf_settings.peering.name = settings.peering
-        kopf_settings.peering.clusterwide = settings.clusterwide
-        kopf_settings.peering.mandatory = True
+    # No kopf peering: it would pause the standby's watches (stale caches on
+    # takeover). Replicas coordinate through a Lease instead (leader.py).
+    kopf_settings.peering.standalone = True
 
 
 @kopf.on.startup()

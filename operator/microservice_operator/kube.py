@@ -56,8 +56,11 @@ HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodA
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
-BY_KIND = {r.kind: r for r in (MICROSERVICES, DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, EVENTS)}
+BY_KIND = {
+    r.kind: r for r in (MICROSERVICES, DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, EVENTS, LEASES)
+}
 
 RequestHook = Callable[[str, str, str], None]
 """Called as hook(verb, resource plural, code) after every request."""
@@ -317,3 +320,31 @@ class Kube:
             )
         except KubeError as exc:
             log.warning("Failed to record Event %s: %s", event.get("reason"), exc)
+
+    def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create the leader-election Lease; a 409 means another replica was first."""
+        body = {
+            "apiVersion": LEASES.api_version,
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        return self._call("create", LEASES, "POST", LEASES.path(namespace), body=body)
+
+    def update_lease(self, lease: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        """Replace the Lease spec, only if nobody changed it since we read it
+        (resourceVersion precondition: a 409 means another replica won)."""
+        meta = lease["metadata"]
+        body = {
+            "apiVersion": LEASES.api_version,
+            "kind": "Lease",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "spec": spec,
+        }
+        return self._call(
+            "update", LEASES, "PUT", LEASES.path(meta["namespace"], meta["name"]), body=body
+        )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FIELD_MANAGER = "microservice-operator"
 HANDOFF_FIELD_MANAGER = "microservice-operator-handoff"
@@ -26,10 +26,11 @@ class Settings:
     health_port: int = 8081
     log_level: str = "INFO"
     workers: int = 8
-    peering: str | None = None
-    priority: int = 0
+    leader_election: bool = False
+    lease_name: str = "microservice-operator"
+    lease_namespace: str = "mso-system"
+    identity: str = ""
     resync_seconds: float = 300.0
-    standalone: bool = field(default=True)
 
     @property
     def clusterwide(self) -> bool:
@@ -94,18 +95,22 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         help="MicroServices reconciled in parallel. Env: MSO_WORKERS. Default: %(default)s",
     )
     p.add_argument(
-        "--peering",
-        default=env.get("MSO_PEERING") or None,
-        help="kopf peering name for running several replicas with one active "
-        "(needs the kopf peering CRDs). Env: MSO_PEERING. Default: standalone",
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("MSO_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
+        help="Run several replicas with one active: only the holder of a "
+        "coordination.k8s.io Lease reconciles; the others keep their caches warm and "
+        "take over within 15s. Env: MSO_LEADER_ELECTION. Default: %(default)s",
     )
     p.add_argument(
-        "--priority",
-        type=int,
-        default=_env_int(env, "MSO_PRIORITY", -1),
-        help="kopf peering priority; the highest-priority peer is active. With "
-        "--peering and no priority, a random one is picked per process, because peers "
-        "of equal priority all pause. Env: MSO_PRIORITY.",
+        "--leader-election-id",
+        default=env.get("MSO_LEADER_ELECTION_ID") or "microservice-operator",
+        help="Name of the Lease. Env: MSO_LEADER_ELECTION_ID. Default: %(default)s",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=env.get("POD_NAMESPACE") or "mso-system",
+        help="Namespace of the Lease. Env: POD_NAMESPACE. Default: %(default)s",
     )
     p.set_defaults(env_namespaces=namespaces)
     return p
@@ -113,20 +118,20 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Flags first, then ``MSO_*`` environment variables, then built-in defaults."""
+    env = os.environ if env is None else env
     args = parser(env).parse_args(argv)
     namespaces = tuple(args.namespaces or args.env_namespaces)
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
-    priority = args.priority
-    if priority < 0:
-        priority = random.randint(1, 2**31 - 1) if args.peering else 0
+    identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return Settings(
-        priority=priority,
+        leader_election=args.leader_election,
+        lease_name=args.leader_election_id,
+        lease_namespace=args.leader_election_namespace,
+        identity=identity,
         namespaces=namespaces,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_level=args.log_level,
         workers=args.workers,
-        peering=args.peering,
-        standalone=args.peering is None,
     )

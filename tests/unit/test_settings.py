@@ -8,7 +8,12 @@ from microservice_operator import settings
 def test_defaults_watch_all_namespaces() -> None:
     s = settings.parse([], env={})
     assert s.clusterwide
-    assert (s.metrics_port, s.health_port, s.log_level, s.standalone) == (8080, 8081, "INFO", True)
+    assert (s.metrics_port, s.health_port, s.log_level, s.leader_election) == (
+        8080,
+        8081,
+        "INFO",
+        False,
+    )
 
 
 def test_flags_win_over_environment() -> None:
@@ -26,11 +31,23 @@ def test_environment_namespaces_are_split() -> None:
     assert s.log_level == "DEBUG"
 
 
-def test_repeatable_namespace_flag_and_peering() -> None:
-    s = settings.parse(["-n", "a", "-n", "b", "--peering", "mso"], env={})
+def test_repeatable_namespace_flag_and_leader_election() -> None:
+    s = settings.parse(["-n", "a", "-n", "b", "--leader-election"], env={"POD_NAME": "op-1"})
     assert s.namespaces == ("a", "b")
-    assert s.peering == "mso"
-    assert not s.standalone
+    assert s.leader_election
+    assert (s.lease_name, s.lease_namespace, s.identity) == (
+        "microservice-operator",
+        "mso-system",
+        "op-1",
+    )
+
+
+def test_leader_election_from_the_environment() -> None:
+    env = {"MSO_LEADER_ELECTION": "true", "POD_NAMESPACE": "ops", "MSO_LEADER_ELECTION_ID": "x"}
+    s = settings.parse([], env=env)
+    assert (s.leader_election, s.lease_namespace, s.lease_name) == (True, "ops", "x")
+    assert s.identity  # hostname-pid without POD_NAME
+    assert not settings.parse([], env={}).leader_election
 
 
 def test_bad_environment_value_names_the_variable() -> None:
@@ -44,11 +61,3 @@ def test_help_documents_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--namespace", "--metrics-port", "--health-port", "MSO_NAMESPACES"):
         assert flag in out
-
-
-def test_peers_get_distinct_priorities_unless_set() -> None:
-    a = settings.parse(["--peering", "mso"], env={})
-    b = settings.parse(["--peering", "mso"], env={})
-    assert a.priority > 0 and b.priority > 0 and a.priority != b.priority
-    assert settings.parse([], env={"MSO_PRIORITY": "7", "MSO_PEERING": "x"}).priority == 7
-    assert settings.parse([], env={}).priority == 0

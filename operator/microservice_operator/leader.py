@@ -1,0 +1,92 @@
+"""Leader election over a coordination.k8s.io/v1 Lease (pure decisions).
+
+With several operator replicas (the HA overlay) every replica keeps its watches and
+caches warm, and only the Lease holder reconciles, as controller-runtime does. kopf's
+peering is not used: it pauses the watches of the standby replica, so a replica that
+resumes would act on a stale cache. The decisions here take the Lease as read and the
+time, and say what to write; ``kube.py`` reads and writes the Lease with optimistic
+concurrency (resourceVersion), so two replicas can never both win one round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from .health import parse_time
+
+LEASE_DURATION_SECONDS = 15
+"""How long a Lease holds without renewal; a standby takes over after this."""
+RENEW_INTERVAL_SECONDS = 5.0
+"""How often the holder renews (and a standby checks)."""
+
+Action = Literal["create", "renew", "acquire", "wait"]
+
+
+def micro_time(now: datetime) -> str:
+    """metav1.MicroTime, as Leases store renewTime/acquireTime."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """The parts of a Lease the decision needs."""
+
+    holder: str
+    renew_time: datetime | None
+    duration_seconds: int
+    transitions: int
+
+    @staticmethod
+    def of(lease: dict[str, Any]) -> LeaseState:
+        """Read a Lease object (as returned by the API)."""
+        spec = lease.get("spec") or {}
+        return LeaseState(
+            holder=str(spec.get("holderIdentity") or ""),
+            renew_time=parse_time(spec.get("renewTime")),
+            duration_seconds=int(spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS),
+            transitions=int(spec.get("leaseTransitions") or 0),
+        )
+
+    def expired(self, now: datetime) -> bool:
+        """No holder, or the holder has not renewed within the lease duration."""
+        if not self.holder or self.renew_time is None:
+            return True
+        return self.renew_time + timedelta(seconds=self.duration_seconds) < now
+
+
+def decide(lease: LeaseState | None, identity: str, now: datetime) -> Action:
+    """What this replica should do with the Lease now."""
+    if lease is None:
+        return "create"
+    if lease.holder == identity:
+        return "renew"
+    if lease.expired(now):
+        return "acquire"
+    return "wait"
+
+
+def lease_spec(
+    action: Action, lease: LeaseState | None, identity: str, now: datetime
+) -> dict[str, Any]:
+    """The Lease spec to write for ``action`` ("create", "renew" or "acquire")."""
+    ts = micro_time(now)
+    spec: dict[str, Any] = {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+        "renewTime": ts,
+    }
+    if action in ("create", "acquire"):
+        spec["acquireTime"] = ts
+        spec["leaseTransitions"] = (lease.transitions + 1) if lease else 0
+    return spec
+
+
+def released_spec(lease: LeaseState) -> dict[str, Any]:
+    """The Lease spec that hands leadership over at once (on a clean shutdown)."""
+    return {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "leaseTransitions": lease.transitions,
+    }
