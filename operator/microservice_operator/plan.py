@@ -249,11 +249,20 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def parse_status(raw: dict[str, Any] | None) -> MicroServiceStatus:
-    """The stored status; a status we cannot read is treated as empty, never as fatal."""
-    try:
-        return MicroServiceStatus.model_validate(raw or {})
-    except ValidationError:
-        return MicroServiceStatus()
+    """The stored status, dropping only the fields we cannot read (written by another
+    version, or edited by hand): losing a readable quarantine or last-known-good record
+    because of an unrelated field would re-apply a known-bad release."""
+    data = dict(raw or {})
+    for _ in range(len(data) + 1):
+        try:
+            return MicroServiceStatus.model_validate(data)
+        except ValidationError as exc:
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+            if not bad & data.keys():
+                break
+            for key in bad:
+                data.pop(str(key), None)
+    return MicroServiceStatus()
 
 
 def track_of(obj: dict[str, Any]) -> str:

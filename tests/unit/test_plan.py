@@ -347,3 +347,17 @@ def test_merge_patch_nulls_removed_fields_recursively() -> None:
     new = {"a": 1, "q": {"x": 1}, "list": [1]}
     assert plan.merge_patch(old, new) == {"gone": None, "q": {"y": None}, "list": [1]}
     assert plan.merge_patch(new, new) == {}
+
+
+def test_unreadable_status_fields_are_dropped_one_by_one() -> None:
+    status = plan.parse_status(
+        {
+            "quarantinedRevision": "abc",
+            "activeTrack": "sideways",  # not a track
+            "futureField": {"from": "a newer operator"},
+            "phase": "Running",
+        }
+    )
+    assert status.quarantined_revision == "abc"
+    assert status.phase == "Running"
+    assert status.active_track is None
