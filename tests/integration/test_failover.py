@@ -238,6 +238,20 @@ def test_traffic_fails_over_to_the_standby_and_back(
     assert cond(ms, "FailedOver")["status"] == "False"  # type: ignore[index]
 
 
+PRIMARY = "app.kubernetes.io/instance=web,mso.dev/track=primary"
+
+
+def four_pods(kubeconfig: Path, api: client.ApiClient, namespace: str, budget: int) -> list[str]:
+    """A Ready 4-replica MicroService with 10s stuck-pod remediation; its pod names."""
+    doc = hello(
+        podUnhealthySeconds=10, maxRemediationsPerWindow=budget, remediationWindowSeconds=600
+    )
+    doc["spec"]["replicas"] = 4
+    apply_ms(kubeconfig, namespace, doc)
+    wait_ready(api, namespace, "web")
+    return sorted(p.metadata.name for p in pods(api, namespace, PRIMARY))
+
+
 def test_no_pod_is_deleted_while_most_pods_are_unhealthy(
     kubeconfig: Path,
     kube_api: client.ApiClient,
@@ -245,12 +259,8 @@ def test_no_pod_is_deleted_while_most_pods_are_unhealthy(
     operator: OperatorProcess,
     local_cluster: Any,
 ) -> None:
-    doc = hello(podUnhealthySeconds=10, maxRemediationsPerWindow=5, remediationWindowSeconds=600)
-    doc["spec"]["replicas"] = 4
-    apply_ms(kubeconfig, namespace, doc)
-    wait_ready(kube_api, namespace, "web")
-    selector = "app.kubernetes.io/instance=web,mso.dev/track=primary"
-    names = sorted(p.metadata.name for p in pods(kube_api, namespace, selector))
+    names = four_pods(kubeconfig, kube_api, namespace, budget=5)
+    selector = PRIMARY
     # Most pods unhealthy at once: a dependency outage; deleting pods would not help.
     set_ready(kube_api, namespace, names[:3], False)
     time.sleep(16)  # past podUnhealthySeconds: remediation would have acted by now
@@ -267,12 +277,8 @@ def test_a_stuck_pod_is_replaced_within_the_budget(
     operator: OperatorProcess,
     local_cluster: Any,
 ) -> None:
-    doc = hello(podUnhealthySeconds=10, maxRemediationsPerWindow=1, remediationWindowSeconds=600)
-    doc["spec"]["replicas"] = 4
-    apply_ms(kubeconfig, namespace, doc)
-    wait_ready(kube_api, namespace, "web")
-    selector = "app.kubernetes.io/instance=web,mso.dev/track=primary"
-    names = sorted(p.metadata.name for p in pods(kube_api, namespace, selector))
+    names = four_pods(kubeconfig, kube_api, namespace, budget=1)
+    selector = PRIMARY
 
     def current() -> list[str]:
         return [p.metadata.name for p in pods(kube_api, namespace, selector)]
