@@ -72,7 +72,7 @@ def uninstall(kubeconfig: Path, docs: list[dict[str, Any]]) -> None:
         if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}
     ]
     kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait=false", *cluster_scoped)
-    # CRDs that only this install uses (kopf peering) go; the MicroService CRD stays.
+    # CRDs that only this install uses go (none today); the MicroService CRD stays.
     own_crds = [
         f"crd/{d['metadata']['name']}"
         for d in docs
@@ -442,24 +442,37 @@ class TestNamespacedInstall:
 
 
 class TestHighAvailabilityInstall:
-    """manifests/overlays/ha: two replicas coordinated through one ClusterKopfPeering."""
+    """manifests/overlays/ha: two replicas, only the holder of one Lease reconciles."""
 
     KUSTOMIZATION = MANIFESTS / "overlays" / "ha"
-    APPLIES = 2
+    APPLIES = 1
+    LEASE = "microservice-operator"
 
-    def test_applies_and_creates_the_peering_object(self, install: str, kubeconfig: Path) -> None:
+    def test_applies_cleanly_in_one_go(self, install: str) -> None:
         assert "PodSecurity" not in install, install
-        kubectl(kubeconfig, "get", "clusterkopfpeering.kopf.dev/microservice-operator")
 
-    def test_peering_access_is_limited_to_its_own_object(
-        self, install: str, kubeconfig: Path
+    def test_lease_access_is_limited_to_its_own_lease(
+        self, install: str, kubeconfig: Path, namespace: str
     ) -> None:
-        peerings = "clusterkopfpeerings.kopf.dev"
-        assert can_i(kubeconfig, "watch", peerings)
-        assert can_i(kubeconfig, "patch", f"{peerings}/microservice-operator")
-        assert not can_i(kubeconfig, "patch", f"{peerings}/someone-else")
-        assert not can_i(kubeconfig, "create", peerings)
-        assert not can_i(kubeconfig, "delete", f"{peerings}/microservice-operator")
+        leases = "leases.coordination.k8s.io"
+        here = ("-n", NAMESPACE)
+        # The first replica creates the Lease (create cannot be limited by name).
+        assert can_i(kubeconfig, "create", leases, *here)
+        for verb in ("get", "update"):
+            assert can_i(kubeconfig, verb, f"{leases}/{self.LEASE}", *here), verb
+            assert not can_i(kubeconfig, verb, f"{leases}/someone-else", *here), verb
+        for verb in ("list", "watch", "patch", "delete", "deletecollection"):
+            assert not can_i(kubeconfig, verb, leases, *here), verb
+        assert not can_i(kubeconfig, "delete", f"{leases}/{self.LEASE}", *here)
+        assert not can_i(kubeconfig, "patch", f"{leases}/{self.LEASE}", *here)
+        # Not in any other namespace, nor cluster-wide (kube-system holds the
+        # control plane's own leases).
+        for ns in (namespace, "kube-system", "kube-node-lease"):
+            for verb in ("create", "get", "update"):
+                assert not can_i(kubeconfig, verb, leases, "-n", ns), (verb, ns)
+                assert not can_i(kubeconfig, verb, f"{leases}/{self.LEASE}", "-n", ns), (verb, ns)
+        assert not can_i(kubeconfig, "create", leases, "--all-namespaces")
+        assert not can_i(kubeconfig, "get", f"{leases}/{self.LEASE}", "--all-namespaces")
 
     def test_two_replicas_become_available(
         self, install: str, kubeconfig: Path, local_cluster: object

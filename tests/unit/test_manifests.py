@@ -302,19 +302,74 @@ def test_namespaced_overlay_grants_nothing_cluster_wide_but_reads() -> None:
         assert binding["roleRef"]["name"] == "microservice-operator-application"
 
 
-def test_ha_overlay_runs_two_peered_replicas() -> None:
+def test_ha_overlay_runs_two_replicas_under_leader_election() -> None:
     docs = render(MANIFESTS / "overlays" / "ha")
-    deployment = operator_deployment(docs)
-    assert deployment["spec"]["replicas"] == 2
-    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
-    peering = env_of(docs)["MSO_PEERING"]
-    one(docs, "ClusterKopfPeering", peering)
-    one(docs, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
-    one(docs, "CustomResourceDefinition", "kopfpeerings.kopf.dev")
-    named = [rule for _, rule in rules(docs) if rule.get("resourceNames")]
-    assert named and all(rule["resourceNames"] == [peering] for rule in named)
+    spec = operator_deployment(docs)["spec"]
+    assert spec["replicas"] == 2
+    # Only the Lease holder writes, so a surge pod is safe: one pod at a time.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    terms = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [t["podAffinityTerm"]["labelSelector"]["matchLabels"] for t in terms] == [POD_LABELS]
+    assert terms[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    env = env_of(docs)
+    assert env["MSO_LEADER_ELECTION"] == "true"
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "MSO_PEERING" not in env
     pdb = one(docs, "PodDisruptionBudget", "microservice-operator")
     assert pdb["spec"]["selector"]["matchLabels"] == POD_LABELS
+
+
+def test_ha_overlay_adds_only_the_lease_role_and_the_pdb() -> None:
+    """No kopf peering left: no peering CRDs, no ClusterKopfPeering, no peering RBAC."""
+    base = {(d["kind"], d["metadata"]["name"]) for d in render(MANIFESTS)}
+    docs = render(MANIFESTS / "overlays" / "ha")
+    added = {(d["kind"], d["metadata"]["name"]) for d in docs} - base
+    assert added == {
+        ("Role", "microservice-operator-leader-election"),
+        ("RoleBinding", "microservice-operator-leader-election"),
+        ("PodDisruptionBudget", "microservice-operator"),
+    }
+    assert not [d for d in docs if "kopf" in d["apiVersion"] or "kopf" in d["metadata"]["name"]]
+    assert not [d for d in docs if "peering" in d["metadata"]["name"]]
+    # Nothing new cluster-wide: the ClusterRoles are the base's, unchanged.
+    cluster_roles = [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    assert cluster_roles == [
+        d for d in render(MANIFESTS) if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}
+    ]
+
+
+def test_ha_lease_rbac_is_minimal_and_names_the_lease() -> None:
+    docs = render(MANIFESTS / "overlays" / "ha")
+    lease = env_of(docs).get("MSO_LEADER_ELECTION_ID", "microservice-operator")
+    role = one(docs, "Role", "microservice-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    # create cannot be limited by name (RBAC sees no name on create); the rest is.
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(docs, "RoleBinding", "microservice-operator-leader-election")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "microservice-operator-leader-election",
+    }
+    # The only rules limited by name are the Lease's; leases appear nowhere else.
+    for name, rule in rules(docs):
+        if rule.get("resourceNames") or "leases" in rule["resources"]:
+            assert name == "microservice-operator-leader-election", (name, rule)
 
 
 # ------------------------------------------------------------------- the workload
