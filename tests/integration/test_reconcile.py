@@ -151,8 +151,11 @@ def test_scale_and_image_update_roll_out(
         timeout=60,
         message="deployment scaled to 5",
     )
-    ms = wait_ready(kube_api, namespace, "hello")
-    assert ms["status"]["ready"] == "5/5"
+    ms = wait_for(
+        lambda: (m := wait_ready(kube_api, namespace, "hello"))["status"]["ready"] == "5/5" and m,
+        timeout=30,
+        message="status shows 5/5",
+    )
     old_rev = ms["status"]["currentRevision"]
 
     kubectl(
