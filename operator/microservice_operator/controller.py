@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +61,6 @@ class Controller:
         )
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._primed = asyncio.Event()
         # Set while this replica may reconcile: always when standalone, while it
         # holds the Lease with leader election. Lease calls get their own thread so
         # busy reconciles never delay a renewal.
@@ -81,7 +79,6 @@ class Controller:
         await loop.run_in_executor(self.executor, self._prime)
         for ns, name in self.store.keys(MS_KIND):
             self.queue.add((ns, name))
-        self._primed.set()
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="mso-resync"))
@@ -315,15 +312,7 @@ class Controller:
             kind = manifest["kind"]
             child = manifest["metadata"]["name"]
             cached = self.store.get(kind, ns, child)
-            if cached is None:
-                self._check_not_foreign(ms, kind, child)
-            elif not planning.controlled_by(cached, ms["metadata"].get("uid", "")):
-                raise KubeError(
-                    409,
-                    "ChildConflict",
-                    f"{kind} {ns}/{child} already exists and is not owned by this "
-                    "MicroService; rename or delete it",
-                )
+            self._refuse_foreign(ms, kind, child, cached)
             live = self.kube.apply(manifest)
             self.store.put(kind, live)
             log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
@@ -348,21 +337,25 @@ class Controller:
                 self.store.delete("Pod", cached)
             self.store.put("Pod", copy)
 
-    def _check_not_foreign(self, ms: dict[str, Any], kind: str, child: str) -> None:
-        """Refuse to take over an object that exists but is not ours.
+    def _refuse_foreign(
+        self, ms: dict[str, Any], kind: str, child: str, cached: dict[str, Any] | None
+    ) -> None:
+        """Refuse to take over an object of the child's name that this MicroService
+        does not control: applying with force would silently adopt and rewrite it.
 
-        Our caches only hold labelled objects, so before the first apply of a child we
-        look for a same-named object the user (or another tool) owns: applying with
-        force would silently adopt and rewrite it.
+        Our caches only hold labelled objects, so before the first apply of a child
+        (nothing cached) we look for a same-named object the user or another tool owns.
         """
         meta = ms["metadata"]
-        existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
+        existing = cached
+        if existing is None:
+            existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
         if existing is not None and not planning.controlled_by(existing, meta.get("uid", "")):
             raise KubeError(
                 409,
                 "ChildConflict",
                 f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
-                f"this MicroService; rename or delete it",
+                "this MicroService; rename or delete it",
             )
 
     def _write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:
@@ -440,8 +433,3 @@ def event_for(ms: dict[str, Any], ev: planning.EventSpec) -> dict[str, Any]:
         "reportingComponent": FIELD_MANAGER,
         "reportingInstance": FIELD_MANAGER,
     }
-
-
-def monotonic() -> float:
-    """For durations; kept here so tests can see the one clock source."""
-    return time.monotonic()
