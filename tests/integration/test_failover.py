@@ -22,6 +22,7 @@ from tests.integration.test_reconcile import (
     cond,
     deployment,
     get_ms,
+    wait_condition,
     wait_quiet,
     wait_ready,
     wait_settled,
@@ -95,12 +96,7 @@ def test_bad_release_rolls_back_and_stays_rolled_back(
 
     apply_ms(kubeconfig, namespace, hello(image="hello:crashloop"))
 
-    def rolled_back() -> dict[str, Any] | None:
-        ms = get_ms(kube_api, namespace, "web")
-        c = cond(ms, "RolledBack")
-        return ms if c and c["status"] == "True" else None
-
-    ms = wait_for(rolled_back, timeout=60, message="RolledBack=True")
+    ms = wait_condition(kube_api, namespace, "web", "RolledBack", status="True")
     assert ms["status"]["quarantinedRevision"] not in (None, v1)
     assert ms["status"]["lastKnownGoodRevision"] == v1
     wait_for(
@@ -157,12 +153,7 @@ def test_first_bad_release_is_degraded_without_a_loop(
 ) -> None:
     apply_ms(kubeconfig, namespace, hello(image="hello:crashloop"))
 
-    def degraded() -> dict[str, Any] | None:
-        ms = get_ms(kube_api, namespace, "web")
-        c = cond(ms, "Degraded")
-        return ms if c and c["status"] == "True" else None
-
-    ms = wait_for(degraded, timeout=60, message="Degraded=True")
+    ms = wait_condition(kube_api, namespace, "web", "Degraded", status="True")
     assert "quarantinedRevision" not in ms["status"]
     assert cond(ms, "RolledBack") is None
     assert image_of(kube_api, namespace, "web") == "hello:crashloop"

@@ -24,7 +24,7 @@ from kubernetes import client
 from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import KUBECTL, REPO
 from tests.integration.operator_proc import OperatorProcess, free_port
-from tests.integration.test_reconcile import cond, get_ms, wait_ready
+from tests.integration.test_reconcile import get_ms, wait_condition, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +132,7 @@ def test_local_quickstart_as_written(
         if "apply -f manifests/samples/hello.yaml" in cmd:
             wait_ready(kube_api, namespace, "hello")
         if "crashloop" in cmd:
-
-            def rolled_back() -> bool:
-                c = cond(get_ms(kube_api, namespace, "hello"), "RolledBack")
-                return bool(c and c["status"] == "True")
-
-            wait_for(rolled_back, timeout=150, message="the README's bad release rolled back")
+            wait_condition(kube_api, namespace, "hello", "RolledBack", status="True", timeout=150)
         if watch and "get ms hello" in cmd:
             ms = get_ms(kube_api, namespace, "hello")
             assert ms["status"]["phase"] == "Degraded"

@@ -53,6 +53,29 @@ def cond(ms: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return None
 
 
+def wait_condition(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    ctype: str,
+    *,
+    status: str | None = None,
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Wait until the MicroService has a ``ctype`` condition with that status and/or
+    reason; returns the MicroService as read then."""
+
+    def matches() -> dict[str, Any] | None:
+        ms = get_ms(api, namespace, name)
+        c = cond(ms, ctype)
+        ok = c is not None and status in (None, c["status"]) and reason in (None, c["reason"])
+        return ms if ok else None
+
+    wanted = ", ".join(f"{k}={v}" for k, v in (("status", status), ("reason", reason)) if v)
+    return wait_for(matches, timeout=timeout, message=f"{namespace}/{name} {ctype} {wanted}")
+
+
 def wait_ready(
     api: client.ApiClient, namespace: str, name: str, timeout: float = 90
 ) -> dict[str, Any]:
@@ -480,11 +503,9 @@ def test_invalid_spec_beyond_the_schema_is_reported_not_retried(
     }
     apply_ms(kubeconfig, namespace, doc)
 
-    def invalid() -> dict[str, Any] | None:
-        c = cond(get_ms(kube_api, namespace, "bad"), "Ready")
-        return c if c and c["reason"] == "InvalidSpec" else None
-
-    c = wait_for(invalid, timeout=30, message="InvalidSpec condition")
+    ms = wait_condition(kube_api, namespace, "bad", "Ready", reason="InvalidSpec", timeout=30)
+    c = cond(ms, "Ready")
+    assert c is not None
     assert c["status"] == "False"
     assert "env A: set value or valueFrom, not both" in c["message"]
     assert deployment(kube_api, namespace, "bad") is None
@@ -511,12 +532,10 @@ def test_api_error_on_a_child_surfaces_in_a_condition(
     doc["spec"]["resources"] = {"requests": {"cpu": "lots"}}
     apply_ms(kubeconfig, namespace, doc)
 
-    def failed() -> dict[str, Any] | None:
-        c = cond(get_ms(kube_api, namespace, "hello"), "Ready")
-        return c if c and c["reason"] == "ApplyFailed" else None
-
-    c = wait_for(failed, timeout=30, message="ApplyFailed condition")
-    assert "quantities must match the regular expression" in c["message"] or "cpu" in c["message"]
+    ms = wait_condition(kube_api, namespace, "hello", "Ready", reason="ApplyFailed", timeout=30)
+    c = cond(ms, "Ready")
+    assert c is not None and c["status"] == "False"
+    assert "quantities must match the regular expression" in c["message"]
     doc["spec"]["resources"] = {"requests": {"cpu": "100m"}}
     apply_ms(kubeconfig, namespace, doc)
     wait_ready(kube_api, namespace, "hello")
@@ -562,8 +581,7 @@ def test_restart_converges_without_duplicates(
     wait_settled(kube_api, namespace, "hello")
     wait_quiet(kube_api, namespace)
     before_restart = get_ms(kube_api, namespace, "hello")["metadata"]["resourceVersion"]
-    operator.restart()
-    wait_for(lambda: "Started" in operator.log_text(), timeout=30, message="restarted")
+    operator.restart()  # returns once the new process is healthy and has started
     time.sleep(3)  # observation window
     writes = operator.requests()
     assert not any(v for (verb, res), v in writes.items() if res != "events"), writes
