@@ -493,6 +493,13 @@ class RevisionRecord(Model):
     )
 
 
+class RevisionRef(Model):
+    """A revision as status reports it (the record itself is a ControllerRevision)."""
+
+    revision: str = Field(..., description="Hash of the rendered pod template.")
+    image: str = Field(..., description="Image of that revision.")
+
+
 class QuarantineRecord(Model):
     """A revision judged bad; not applied again until the spec changes."""
 
@@ -563,13 +570,19 @@ class MicroServiceStatus(Model):
     last_known_good_revision: str | None = Field(
         None, description="Last revision that reached full health."
     )
-    last_known_good: RevisionRecord | None = Field(
-        None, description="The last known good revision and its spec."
+    last_known_good: RevisionRef | None = Field(
+        None,
+        description="The last known good revision (report only: the record the operator "
+        "renders from is the ControllerRevision <name>-good-<revision>).",
     )
     quarantined_revision: str | None = Field(
         None, description="Revision rolled back and not retried until the spec changes."
     )
-    quarantine: QuarantineRecord | None = Field(None, description="Details of the quarantine.")
+    quarantine: QuarantineRecord | None = Field(
+        None,
+        description="Details of the quarantine (report only: the record is the "
+        "ControllerRevision <name>-bad-<revision>).",
+    )
     last_failover: FailoverEvent | None = Field(None, description="The last traffic switch.")
     failover_state: FailoverState | None = Field(
         None, description="Internal timers of the failover logic."

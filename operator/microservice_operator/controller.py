@@ -1,25 +1,40 @@
-"""The controller: watch caches in, plans out, plans executed.
+"""The controller: informers in, plans out, plans executed, under one leader.
 
-kopf's watch handlers feed :class:`Controller` with every MicroService and every
-child we label; each change queues the owning MicroService. Workers take keys from
-the queue, build a :class:`plan.Plan` from the caches (no API reads) and execute it
-through :mod:`kube` (writes only when something differs). Blocking client calls run
-in a bounded thread pool so the event loop keeps serving watches.
+Informers (:mod:`informer`) keep a cache of every MicroService and of every child we
+label; each change queues the owning MicroService. Workers take keys from the queue,
+build a :class:`plan.Plan` from the caches (no API reads) and execute it through
+:mod:`kube` (writes only when something differs). Blocking client calls run in a
+bounded thread pool so the event loop stays free.
+
+Never act on stale state: a plan that would do something destructive (roll back,
+move traffic, shrink the standby, delete pods) is planned again from objects read
+from the API server just now, and only what the fresh plan still wants is done. With
+leader election every write is refused unless the Lease was renewed within the renew
+deadline, and a replica that loses the Lease exits. A background thread that dies
+also ends the process, so the Deployment restarts it instead of leaving a half-alive
+operator that reports healthy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
+import os
+import sys
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from . import leader
 from . import plan as planning
+from .diff import controlled_by
+from .elector import Elector
+from .informer import Informer, Store, ident, owner_key, trim_pod
 from .kube import (
     BY_KIND,
+    CONTROLLERREVISIONS,
     DEPLOYMENTS,
     HPAS,
     LEASES,
@@ -29,17 +44,19 @@ from .kube import (
     SERVICES,
     Kube,
     KubeError,
+    Resource,
 )
 from .metrics import OperatorMetrics
 from .settings import FIELD_MANAGER, Settings
-from .workqueue import Key, Store, WorkQueue, cancel_all
+from .workqueue import Key, WorkQueue, cancel_all
 
 log = logging.getLogger("microservice_operator")
 
 MS_KIND = "MicroService"
-CHILD_RESOURCES = (DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS)
+CHILD_RESOURCES = (DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, CONTROLLERREVISIONS)
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
 MAX_BACKOFF = 300.0
+SUPERVISE_SECONDS = 2.0
 
 
 def utcnow() -> datetime:
@@ -47,10 +64,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _exit_now(code: int) -> None:
+    """End the process at once: no in-flight reconcile may write after this."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 class Controller:
     """Reconciles MicroServices from cached state with a pool of workers."""
 
-    def __init__(self, kube: Kube, metrics: OperatorMetrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        metrics: OperatorMetrics,
+        settings: Settings,
+        *,
+        exit_process: Callable[[int], None] = _exit_now,
+    ) -> None:
         self.kube = kube
         self.metrics = metrics
         self.settings = settings
@@ -59,31 +90,47 @@ class Controller:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="reconcile"
         )
+        self.informers: list[Informer] = []
+        self.elector: Elector | None = None
+        self._exit = exit_process
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # Set while this replica may reconcile: always when standalone, while it
-        # holds the Lease with leader election. Lease calls get their own thread so
-        # busy reconciles never delay a renewal.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set while this replica may reconcile: always when standalone, once it
+        # holds the Lease with leader election (it exits when it loses it).
         self._leading = asyncio.Event()
-        self._lease: dict[str, Any] | None = None
-        self._lease_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
+        self.confirmations = 0  # destructive plans checked against the live cluster
+        self.stale_decisions = 0  # ... of which the live cluster no longer wanted
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Fill the caches with a LIST of each kind, then start the workers.
+        """Start one informer per kind, wait until each has listed, then the workers
+        and, with leader election, the elector.
 
-        Priming first means a restarted operator sees existing children and makes
-        no writes for MicroServices that are already converged.
+        Waiting for the caches first means a restarted operator sees existing children
+        and makes no writes for MicroServices that are already converged.
         """
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self._prime)
+        self._loop = asyncio.get_running_loop()
+        for ns in self.kube.iter_namespaces(self.settings.namespaces):
+            self._add_informer(MICROSERVICES, ns, None)
+            for res in CHILD_RESOURCES:
+                self._add_informer(res, ns, MANAGED_SELECTOR)
+        for inf in self.informers:
+            inf.start()
+        waited = 0.0
+        while not all(inf.synced.is_set() for inf in self.informers):
+            await asyncio.sleep(0.05)
+            waited += 0.05
+            if waited >= 10 and int(waited * 20) % 200 == 0:
+                pending = [i.name for i in self.informers if not i.synced.is_set()]
+                log.warning("Waiting for caches to sync: %s", ", ".join(pending))
         for ns, name in self.store.keys(MS_KIND):
             self.queue.add((ns, name))
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
-        self._tasks.append(asyncio.create_task(self._resync(), name="mso-resync"))
+        self._tasks.append(asyncio.create_task(self._supervise(), name="mso-supervisor"))
         if self.settings.leader_election:
-            self._tasks.append(asyncio.create_task(self._elect(), name="mso-leader"))
+            self._start_elector()
         else:
             self._leading.set()
         log.info(
@@ -92,121 +139,125 @@ class Controller:
             self.store.count(MS_KIND),
         )
 
-    def _prime(self) -> None:
-        for ns in self.kube.iter_namespaces(self.settings.namespaces):
-            for ms in self.kube.list(MICROSERVICES, ns):
-                self.store.put(MS_KIND, ms)
-            for res in CHILD_RESOURCES:
-                for obj in self.kube.list(res, ns, label_selector=MANAGED_SELECTOR):
-                    self.store.put(res.kind, obj)
+    def _add_informer(self, res: Resource, ns: str | None, selector: str | None) -> None:
+        self.informers.append(
+            Informer(
+                self.kube,
+                res,
+                self.store,
+                functools.partial(self._changed, res.kind),
+                namespace=ns,
+                label_selector=selector,
+            )
+        )
+
+    def _start_elector(self) -> None:
+        s = self.settings
+        loop = self._loop
+        assert loop is not None
+
+        def started() -> None:
+            loop.call_soon_threadsafe(self._became_leader)
+
+        self.elector = Elector(
+            self.kube,
+            s.lease_namespace,
+            s.lease_name,
+            s.identity,
+            on_started_leading=started,
+            on_stopped_leading=self._lost_leadership,
+        )
+        self.kube.write_guard = self._guard
+        self.elector.start()
 
     async def stop(self) -> None:
-        """Stop workers and timers, and hand the Lease over; in-flight API calls finish
-        in their threads."""
+        """Stop taking work, let in-flight reconciles finish, then hand the Lease over
+        (never before: the next leader must not overlap our last writes)."""
         self.queue.shutdown()
+        self._leading.clear()
         await cancel_all(self._tasks)
         self._tasks.clear()
-        if self.settings.leader_election and self._leading.is_set() and self._lease:
-            self._leading.clear()
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(KeyError, KubeError):
-                await loop.run_in_executor(self._lease_executor, self._release)
-                log.info("Released the leader Lease")
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self._lease_executor.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        shutdown = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
+        await loop.run_in_executor(None, shutdown)
+        if self.elector is not None:
+            await loop.run_in_executor(None, self.elector.release)
+        for inf in self.informers:
+            inf.stop()
 
     # ------------------------------------------------------------------ leadership
-    async def _elect(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _guard(self, verb: str, resource: Resource) -> None:
+        """Refuse every write but the Lease's unless we hold a fresh Lease."""
+        if resource is LEASES or self.elector is None:
+            return
+        if not self.elector.is_leader():
+            raise KubeError(0, "NotLeader", f"refused to {verb} {resource.plural}: not the leader")
+
+    def _became_leader(self) -> None:
+        log.info("Reconciling as the leader (%s)", self.settings.identity)
+        self._leading.set()
+        for ns, name in self.store.keys(MS_KIND):
+            self.queue.add((ns, name))
+
+    def _lost_leadership(self) -> None:
+        # Called from the elector thread; in-flight reconciles are already refused
+        # by the write guard. Exiting is the only way to be sure none writes later.
+        log.critical("Lost leadership; exiting so that a fresh follower replaces this one")
+        self._exit(1)
+
+    async def _supervise(self) -> None:
+        """End the process when a background thread or task died: a replica that
+        still answers /healthz but no longer watches or renews is worse than none."""
         while True:
-            try:
-                leading = await loop.run_in_executor(self._lease_executor, self._try_lead)
-            except KubeError as exc:
-                log.warning("Failed to renew the leader Lease: %s", exc)
-                leading = False
-            if leading and not self._leading.is_set():
-                log.info("Became the leader (%s); reconciling", self.settings.identity)
-                self._leading.set()
-                for ns, name in self.store.keys(MS_KIND):
-                    self.queue.add((ns, name))
-            elif not leading and self._leading.is_set():
-                # Stop at once: another replica may take over once the Lease expires.
-                log.warning("Lost the leader Lease; pausing reconciles")
-                self._leading.clear()
-            await asyncio.sleep(leader.RENEW_INTERVAL_SECONDS)
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            dead = self.dead_parts()
+            if dead:
+                log.critical("Stopped working: %s died; exiting", ", ".join(dead))
+                self._exit(1)
+                return
 
-    def _try_lead(self) -> bool:
-        """One round of the election: create, renew or take over the Lease, or wait."""
-        s = self.settings
-        lease = self.kube.get(LEASES, s.lease_namespace, s.lease_name)
-        state = leader.LeaseState.of(lease) if lease is not None else None
-        now = utcnow()
-        action = leader.decide(state, s.identity, now)
-        if action == "wait":
-            return False
-        spec = leader.lease_spec(action, state, s.identity, now)
-        try:
-            if lease is None:
-                self._lease = self.kube.create_lease(s.lease_namespace, s.lease_name, spec)
-            else:
-                self._lease = self.kube.update_lease(lease, spec)
-        except KubeError as exc:
-            if exc.conflict:
-                return False  # another replica wrote first: it leads this round
-            raise
-        return True
+    def dead_parts(self) -> list[str]:
+        """Names of the background parts that are no longer running."""
+        dead = [f"informer {i.name}" for i in self.informers if not i.alive()]
+        if self.elector is not None and not self.elector.alive():
+            dead.append("leader election")
+        dead += [t.get_name() for t in self._tasks if t.done()]
+        return dead
 
-    def _release(self) -> None:
-        lease = self.kube.get(LEASES, self.settings.lease_namespace, self.settings.lease_name)
-        if lease is not None and leader.LeaseState.of(lease).holder == self.settings.identity:
-            self.kube.update_lease(lease, leader.released_spec(leader.LeaseState.of(lease)))
-
-    async def _resync(self) -> None:
-        # A slow safety net: now and then, LIST every kind to drop objects whose
-        # deletion a restarted watch never reported, and re-check everything.
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.settings.resync_seconds)
-            try:
-                await loop.run_in_executor(self.executor, self._relist)
-            except KubeError as exc:
-                log.warning("Failed to resync caches: %s", exc)
-            for ns, name in self.store.keys(MS_KIND):
-                self.queue.add((ns, name))
-
-    def _relist(self) -> None:
-        for ns in self.kube.iter_namespaces(self.settings.namespaces):
-            kinds = [(MICROSERVICES, None), *((r, MANAGED_SELECTOR) for r in CHILD_RESOURCES)]
-            for res, selector in kinds:
-                objs, rv = self.kube.list_with_version(res, ns, label_selector=selector)
-                dropped = self.store.replace(res.kind, objs, rv, namespace=ns)
-                if dropped:
-                    log.info("Dropped %d stale %s objects from the cache", dropped, res.kind)
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: raises if any part died."""
+        dead = self.dead_parts()
+        if dead:
+            raise RuntimeError(f"dead: {', '.join(dead)}")
+        return {
+            "leader": self.elector.is_leader() if self.elector else True,
+            "synced": all(i.synced.is_set() for i in self.informers),
+            "microservices": self.store.count(MS_KIND),
+        }
 
     # ------------------------------------------------------------------ events
-    def on_microservice(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """A MicroService watch event."""
-        meta = body.get("metadata", {})
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        if event_type == "DELETED":
-            self.store.delete(MS_KIND, body)
-            self.queue.forget(key)
-            self._failures.pop(key, None)
+    def _changed(self, kind: str, objs: list[dict[str, Any]]) -> None:
+        """Informer callback (informer thread): queue the owners of changed objects."""
+        if kind == MS_KIND:
+            keys = {ident(o) for o in objs}
+        else:
+            keys = {k for k in (owner_key(o) for o in objs) if k is not None}
+        loop = self._loop
+        if keys and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._enqueue, kind, keys)
+
+    def _enqueue(self, kind: str, keys: set[Key]) -> None:
+        for key in keys:
+            if kind == MS_KIND or self.store.get(MS_KIND, *key) is not None:
+                self.queue.add(key)
+
+    def _forget(self, key: Key) -> None:
+        """The MicroService is gone: drop its timers, backoff and metrics."""
+        self.queue.forget(key)
+        self._failures.pop(key, None)
+        if key in self.metrics.tracked():
             self.metrics.forget(*key)
             log.info("Forgot MicroService %s/%s (deleted)", *key)
-            return
-        if self.store.put(MS_KIND, body):
-            self.queue.add(key)
-
-    def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
-        """A watch event of a child (Deployment, Service, HPA, PDB or Pod)."""
-        if event_type == "DELETED":
-            self.store.delete(kind, body)
-        elif not self.store.put(kind, body):
-            return
-        owner = Store.owner_key(body)
-        if owner is not None and self.store.get(MS_KIND, *owner) is not None:
-            self.queue.add(owner)
 
     # ------------------------------------------------------------------ workers
     async def _worker(self) -> None:
@@ -214,12 +265,14 @@ class Controller:
         while True:
             await self._leading.wait()
             key = await self.queue.get()
-            if not self._leading.is_set():  # lost the Lease while waiting for work
-                self.queue.done(key)
-                self.queue.add(key)
-                continue
+            delay: float | None = None
             try:
+                if self.store.get(MS_KIND, *key) is None:
+                    self._forget(key)
+                    continue
                 delay = await loop.run_in_executor(self.executor, self.reconcile, key)
+            except RuntimeError:  # the executor was shut down: we are stopping
+                return
             except Exception:  # a bug must not kill the worker; back off and retry
                 log.exception("Reconcile of %s/%s crashed", *key)
                 self.metrics.reconcile_error("Other")
@@ -255,31 +308,99 @@ class Controller:
 
         def mine(kind: str, obj_name: str) -> dict[str, Any] | None:
             obj = self.store.get(kind, ns, obj_name)
-            if obj is not None and uid and not planning.controlled_by(obj, uid):
+            if obj is not None and uid and not controlled_by(obj, uid):
                 # Same name, another owner (e.g. a MicroService deleted and re-created
                 # while the GC catches up): treat as absent; the create path checks.
                 return None
             return obj
 
-        pods = tuple(self.store.owned("Pod", key))
         return planning.Observed(
             deployment=mine("Deployment", name),
             standby=mine("Deployment", f"{name}-standby"),
             service=mine("Service", name),
             hpa=mine("HorizontalPodAutoscaler", name),
             pdb=mine("PodDisruptionBudget", name),
-            pods=pods,
+            pods=tuple(self.store.owned("Pod", key)),
+            revisions=tuple(self.store.owned("ControllerRevision", key)),
         )
+
+    def read_live(self, key: Key) -> tuple[dict[str, Any], planning.Observed] | None:
+        """The MicroService and its children as the API server holds them now (None if
+        the MicroService is gone): the evidence a destructive act is confirmed on."""
+        ns, name = key
+        ms = self.kube.get(MICROSERVICES, ns, name)
+        if ms is None:
+            return None
+        uid = ms.get("metadata", {}).get("uid", "")
+
+        def mine(res: Resource, obj_name: str) -> dict[str, Any] | None:
+            obj = self.kube.get(res, ns, obj_name)
+            if obj is None or (uid and not controlled_by(obj, uid)):
+                return None
+            obj.setdefault("apiVersion", res.api_version)
+            obj.setdefault("kind", res.kind)
+            return obj
+
+        selector = f"{MANAGED_SELECTOR},app.kubernetes.io/instance={name}"
+        pods = [trim_pod(p) for p in self.kube.list(PODS, ns, label_selector=selector)]
+        revisions = self.kube.list(CONTROLLERREVISIONS, ns, label_selector=selector)
+        observed = planning.Observed(
+            deployment=mine(DEPLOYMENTS, name),
+            standby=mine(DEPLOYMENTS, f"{name}-standby"),
+            service=mine(SERVICES, name),
+            hpa=mine(HPAS, name),
+            pdb=mine(PDBS, name),
+            pods=tuple(pods),
+            revisions=tuple(revisions),
+            live=True,
+        )
+        return ms, observed
+
+    def _confirm(
+        self, ms: dict[str, Any], p: planning.Plan, key: Key
+    ) -> tuple[dict[str, Any], planning.Plan] | None:
+        """Plan again from the live cluster; returns what to execute (None: MS gone)."""
+        started = time.monotonic()
+        live = self.read_live(key)
+        if live is None:
+            return None
+        ms_live, observed = live
+        fresh = planning.plan(ms_live, observed, utcnow())
+        self.confirmations += 1
+        dropped = [d for d in p.destructive if d not in fresh.destructive]
+        if dropped:
+            self.stale_decisions += 1
+            log.warning(
+                "Did not %s for MicroService %s/%s: the live cluster no longer calls for it "
+                "(the cache was behind)",
+                "; ".join(dropped),
+                *key,
+            )
+        elif fresh.destructive:
+            log.info(
+                "Confirmed against the live cluster in %.0f ms: %s for MicroService %s/%s",
+                (time.monotonic() - started) * 1000,
+                "; ".join(fresh.destructive),
+                *key,
+            )
+        return ms_live, fresh
 
     def _reconcile(self, ms: dict[str, Any], key: Key) -> float | None:
         ns, name = key
         now = utcnow()
         p = planning.plan(ms, self.observed(key), now)
         try:
+            if p.destructive:
+                confirmed = self._confirm(ms, p, key)
+                if confirmed is None:
+                    return None
+                ms, p = confirmed
             self._execute(ms, p)
         except KubeError as exc:
             if exc.namespace_terminating:
                 log.info("Skipped MicroService %s/%s: its namespace is being deleted", ns, name)
+                return None
+            if exc.reason == "NotLeader":
                 return None
             if exc.invalid:
                 reason = "ApplyFailed"
@@ -304,8 +425,13 @@ class Controller:
         return p.requeue_after
 
     def _execute(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        """Carry a plan out: history records first (the decision is in the cluster
+        before the writes that act on it), then children, then status and Events."""
         ns = ms["metadata"]["namespace"]
         name = ms["metadata"]["name"]
+        for record in p.history_applies:
+            self.store.put("ControllerRevision", self.kube.apply(record))
+            log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
         if p.handoff is not None:
             self.kube.handoff_replicas(p.handoff)
         for manifest in p.applies:
@@ -322,20 +448,12 @@ class Controller:
         for pod, uid in p.pod_deletes:
             if self.kube.delete(PODS, ns, pod, uid=uid):
                 log.warning("Deleted stuck Pod %s/%s of MicroService %s", ns, pod, name)
-                self._mark_deleting(ns, pod)
+                self.store.mark_deleting("Pod", ns, pod, planning.rfc3339(utcnow()))
+        for old_record, uid in p.history_deletes:
+            if self.kube.delete(CONTROLLERREVISIONS, ns, old_record, uid=uid):
+                log.info("Deleted ControllerRevision %s/%s (superseded)", ns, old_record)
         self._write_status(ms, p)
         self._record(ms, p)
-
-    def _mark_deleting(self, ns: str, pod: str) -> None:
-        """Show a pod we just deleted as terminating in the cache, so a reconcile that
-        runs before its watch event does not pick it again."""
-        cached = self.store.get("Pod", ns, pod)
-        if cached is not None:
-            copy = {**cached, "metadata": {**cached["metadata"]}}
-            copy["metadata"]["deletionTimestamp"] = planning.rfc3339(utcnow())
-            with contextlib.suppress(KeyError):
-                self.store.delete("Pod", cached)
-            self.store.put("Pod", copy)
 
     def _refuse_foreign(
         self, ms: dict[str, Any], kind: str, child: str, cached: dict[str, Any] | None
@@ -350,7 +468,7 @@ class Controller:
         existing = cached
         if existing is None:
             existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
-        if existing is not None and not planning.controlled_by(existing, meta.get("uid", "")):
+        if existing is not None and not controlled_by(existing, meta.get("uid", "")):
             raise KubeError(
                 409,
                 "ChildConflict",

@@ -167,8 +167,8 @@ def model_schema(model: type[api.Model]) -> JSON:
 def open_api_schema() -> JSON:
     """The CRD's ``openAPIV3Schema``: the object envelope around spec and status."""
     status = model_schema(api.MicroServiceStatus)
-    # Status is written by the operator only; RevisionRecord.spec already keeps unknown
-    # fields, so a newer operator's spec fields survive a round trip through an old CRD.
+    # Status is written by the operator only. It holds no spec to render from: the
+    # revision records are ControllerRevisions, where tenants cannot forge them.
     schema: JSON = _sorted(
         {
             "type": "object",

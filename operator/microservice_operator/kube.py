@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -57,13 +58,36 @@ PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+CONTROLLERREVISIONS = Resource("apps", "v1", "controllerrevisions", "ControllerRevision")
 
 BY_KIND = {
-    r.kind: r for r in (MICROSERVICES, DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, EVENTS, LEASES)
+    r.kind: r
+    for r in (
+        MICROSERVICES,
+        DEPLOYMENTS,
+        SERVICES,
+        HPAS,
+        PDBS,
+        PODS,
+        EVENTS,
+        LEASES,
+        CONTROLLERREVISIONS,
+    )
 }
 
 RequestHook = Callable[[str, str, str], None]
 """Called as hook(verb, resource plural, code) after every request."""
+
+WriteGuard = Callable[[str, "Resource"], None]
+"""Called as guard(verb, resource) before every write; raises to refuse it (a replica
+that is not, or no longer, the leader must not write)."""
+
+WRITE_VERBS = frozenset({"apply", "patch", "create", "update", "delete"})
+REQUEST_TIMEOUT = 30.0
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError,  # MaxRetryError, ProtocolError, timeouts, SSL errors
+    OSError,  # refused, reset, unreachable
+)
 
 
 class KubeError(Exception):
@@ -97,6 +121,17 @@ class KubeError(Exception):
         return self.status == 500 and "convert" in self.message
 
     @property
+    def transport(self) -> bool:
+        """No HTTP answer at all (refused, reset, timed out): the API server may or may
+        not have acted on the request."""
+        return self.status == 0
+
+    @property
+    def gone(self) -> bool:
+        """410: the resourceVersion asked for is too old; relist."""
+        return self.status == 410
+
+    @property
     def namespace_terminating(self) -> bool:
         """The namespace is being deleted (or is gone); its objects will be gone shortly."""
         if self.status == 403 and "being terminated" in self.message:
@@ -123,17 +158,37 @@ def load_api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
-    # Enough connections for the reconcile workers plus watches' list calls.
+    # Enough connections for the reconcile workers, the watches and the elector.
     cfg.connection_pool_maxsize = 32
+    # Retry only failed connects (safe for any verb); every other failure reaches the
+    # caller at once as a KubeError, which decides (the elector must see it in time).
+    cfg.retries = urllib3.Retry(
+        total=1, connect=1, read=0, redirect=0, status=0, other=0, raise_on_status=False
+    )
     return client.ApiClient(cfg)
 
 
 class Kube:
     """Typed-enough access to the few API calls the operator makes."""
 
-    def __init__(self, api: client.ApiClient, on_request: RequestHook | None = None) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        on_request: RequestHook | None = None,
+        *,
+        user_agent: str | None = None,
+        write_guard: WriteGuard | None = None,
+    ) -> None:
         self.api = api
         self._on_request = on_request
+        self.write_guard = write_guard
+        if user_agent:
+            # Names the replica in the API server's audit log and request metrics.
+            self.api.user_agent = user_agent
+
+    def _count(self, verb: str, resource: Resource, code: str) -> None:
+        if self._on_request is not None:
+            self._on_request(verb, resource.plural, code)
 
     # ----------------------------------------------------------------- plumbing
     def _call(
@@ -146,8 +201,37 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, Any]] | None = None,
         content_type: str = "application/json",
+        timeout: float = REQUEST_TIMEOUT,
     ) -> dict[str, Any]:
-        code = "error"
+        if verb in WRITE_VERBS and self.write_guard is not None:
+            self.write_guard(verb, resource)
+        resp = self._send(verb, resource, method, path, body, query, content_type, timeout)
+        code = str(resp.status)
+        try:
+            raw = resp.read()
+        except TRANSPORT_ERRORS as exc:
+            self._count(verb, resource, "error")
+            raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
+        self._count(verb, resource, code)
+        if resp.status >= 400:
+            raise _error_from(resp.status, raw)
+        parsed: dict[str, Any] = json.loads(raw) if raw else {}
+        return parsed
+
+    def _send(
+        self,
+        verb: str,
+        resource: Resource,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, Any]] | None,
+        content_type: str,
+        timeout: float | tuple[float, float],
+    ) -> Any:
+        """Send one request; transport failures become KubeError(0, "TransportError")
+        so that every caller (the elector, informers, workers) handles them like API
+        errors instead of dying on urllib3's exceptions."""
         try:
             method, url, headers, _, _ = self.api.param_serialize(
                 method=method,
@@ -161,27 +245,30 @@ class Kube:
             data: Any = body
             if body is not None and "json" not in content_type:
                 data = json.dumps(body)
-            resp = self.api.call_api(
-                method, url, header_params=headers, body=data, _request_timeout=30
+            return self.api.call_api(
+                method, url, header_params=headers, body=data, _request_timeout=timeout
             )
-            raw = resp.read()  # type: ignore[no-untyped-call]
-            code = str(resp.status)
-            if resp.status >= 400:
-                raise _error_from(resp.status, raw)
-            parsed: dict[str, Any] = json.loads(raw) if raw else {}
-            return parsed
-        except ApiException as exc:  # transport-level failures
-            code = str(exc.status or "error")
+        except ApiException as exc:
+            self._count(verb, resource, str(exc.status or "error"))
             raise KubeError(int(exc.status or 0), str(exc.reason or "Error"), str(exc)) from exc
-        finally:
-            if self._on_request is not None:
-                self._on_request(verb, resource.plural, code)
+        except TRANSPORT_ERRORS as exc:
+            self._count(verb, resource, "error")
+            raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
 
     # ----------------------------------------------------------------- reads
-    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+    def get(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return self._call("get", resource, "GET", resource.path(namespace, name))
+            return self._call(
+                "get", resource, "GET", resource.path(namespace, name), timeout=timeout
+            )
         except KubeError as exc:
             if exc.not_found:
                 return None
@@ -229,6 +316,57 @@ class Kube:
             token = meta.get("continue")
             if not token:
                 return items, list_rv
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+        read_timeout: float = 90.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) from ``resource_version`` on, in the order
+        the API server sends them (resourceVersion order), bookmarks included.
+
+        The server ends the stream after ``timeout_seconds``; a stream silent for
+        ``read_timeout`` (no event, no bookmark: a dead or blackholed connection) fails
+        with a transport KubeError, so the caller re-watches instead of hanging.
+        """
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", timeout_seconds),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        path = resource.path(namespace)
+        resp = self._send(
+            "watch", resource, "GET", path, None, query, "application/json", (10.0, read_timeout)
+        )
+        if resp.status >= 400:
+            try:
+                raw = resp.read()
+            except TRANSPORT_ERRORS:
+                raw = b""
+            self._count("watch", resource, str(resp.status))
+            raise _error_from(resp.status, raw)
+        self._count("watch", resource, str(resp.status))
+        stream = resp.response
+        buf = b""
+        try:
+            for chunk in stream.stream(65536, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        except TRANSPORT_ERRORS as exc:
+            raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            stream.close()
 
     def iter_namespaces(self, namespaces: tuple[str, ...]) -> Iterator[str | None]:
         """None (cluster-wide) when no namespaces are given, else each namespace."""
@@ -321,7 +459,14 @@ class Kube:
         except KubeError as exc:
             log.warning("Failed to record Event %s: %s", event.get("reason"), exc)
 
-    def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def create_lease(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> dict[str, Any]:
         """Create the leader-election Lease; a 409 means another replica was first."""
         body = {
             "apiVersion": LEASES.api_version,
@@ -329,9 +474,13 @@ class Kube:
             "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
         }
-        return self._call("create", LEASES, "POST", LEASES.path(namespace), body=body)
+        return self._call(
+            "create", LEASES, "POST", LEASES.path(namespace), body=body, timeout=timeout
+        )
 
-    def update_lease(self, lease: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    def update_lease(
+        self, lease: dict[str, Any], spec: dict[str, Any], *, timeout: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
         """Replace the Lease spec, only if nobody changed it since we read it
         (resourceVersion precondition: a 409 means another replica won)."""
         meta = lease["metadata"]
@@ -346,5 +495,10 @@ class Kube:
             "spec": spec,
         }
         return self._call(
-            "update", LEASES, "PUT", LEASES.path(meta["namespace"], meta["name"]), body=body
+            "update",
+            LEASES,
+            "PUT",
+            LEASES.path(meta["namespace"], meta["name"]),
+            body=body,
+            timeout=timeout,
         )

@@ -1,25 +1,29 @@
-"""Leader election over a coordination.k8s.io/v1 Lease (pure decisions).
+"""Leader election over a coordination.k8s.io/v1 Lease: the pure parts.
 
 With several operator replicas (the HA overlay) every replica keeps its watches and
 caches warm, and only the Lease holder reconciles, as controller-runtime does. kopf's
 peering is not used: it pauses the watches of the standby replica, so a replica that
-resumes would act on a stale cache. The decisions here take the Lease as read and the
-time, and say what to write; ``kube.py`` reads and writes the Lease with optimistic
-concurrency (resourceVersion), so two replicas can never both win one round.
+resumes would act on a stale cache. This module reads a Lease and says what to write;
+:mod:`elector` runs the rounds and keeps time (its own monotonic clock, never the
+holder's ``renewTime``); ``kube.py`` writes with optimistic concurrency
+(resourceVersion), so two replicas can never both win one round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .health import parse_time
 
 LEASE_DURATION_SECONDS = 15
-"""How long a Lease holds without renewal; a standby takes over after this."""
-RENEW_INTERVAL_SECONDS = 5.0
-"""How often the holder renews (and a standby checks)."""
+"""How long a Lease holds without renewal, by the observer's clock; a standby takes
+over after this."""
+RENEW_DEADLINE_SECONDS = 10.0
+"""The leader stops writing (and exits) when it could not renew for this long."""
+RETRY_PERIOD_SECONDS = 2.0
+"""How often the holder renews and a standby checks."""
 
 Action = Literal["create", "renew", "acquire", "wait"]
 
@@ -48,23 +52,6 @@ class LeaseState:
             duration_seconds=int(spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS),
             transitions=int(spec.get("leaseTransitions") or 0),
         )
-
-    def expired(self, now: datetime) -> bool:
-        """No holder, or the holder has not renewed within the lease duration."""
-        if not self.holder or self.renew_time is None:
-            return True
-        return self.renew_time + timedelta(seconds=self.duration_seconds) < now
-
-
-def decide(lease: LeaseState | None, identity: str, now: datetime) -> Action:
-    """What this replica should do with the Lease now."""
-    if lease is None:
-        return "create"
-    if lease.holder == identity:
-        return "renew"
-    if lease.expired(now):
-        return "acquire"
-    return "wait"
 
 
 def lease_spec(

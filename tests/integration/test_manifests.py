@@ -186,6 +186,7 @@ CAN = [
             "services",
             "horizontalpodautoscalers.autoscaling",
             "poddisruptionbudgets.policy",
+            "controllerrevisions.apps",
         )
         for verb in ("get", "list", "watch", "create", "patch", "delete")
     ],
@@ -211,6 +212,7 @@ CANNOT = [
     ("patch", "microservices.mso.dev"),
     ("update", "microservices.mso.dev"),
     ("update", "deployments.apps"),
+    ("update", "controllerrevisions.apps"),
     ("deletecollection", "deployments.apps"),
     ("create", "serviceaccounts", "--subresource=token"),
     ("create", "roles.rbac.authorization.k8s.io"),

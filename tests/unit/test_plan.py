@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from microservice_operator import plan, render
+from microservice_operator import diff, plan, render
+from microservice_operator import status as status_mod
 from microservice_operator.api import MicroServiceSpec
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -120,13 +121,21 @@ def converged(spec: dict[str, Any]) -> tuple[dict[str, Any], plan.Observed]:
     )
     second = plan.plan(obj, observed, NOW)
     obj["status"] = second.status
-    return obj, observed
+    return obj, with_history(observed, second)
+
+
+def with_history(observed: plan.Observed, p: plan.Plan) -> plan.Observed:
+    """``observed`` after the plan's ControllerRevision writes."""
+    gone = {name for name, _ in p.history_deletes}
+    kept = [r for r in observed.revisions if r["metadata"]["name"] not in gone]
+    created = [live_of(m) for m in p.history_applies]
+    return plan.Observed(**{**observed.__dict__, "revisions": (*kept, *created)})
 
 
 def test_first_reconcile_applies_deployment_and_service_and_reports_pending() -> None:
     p = plan.plan(ms(HELLO), plan.Observed(), NOW)
     assert sorted(m["kind"] for m in p.applies) == ["Deployment", "Service"]
-    assert all(plan.APPLIED_HASH in m["metadata"]["annotations"] for m in p.applies)
+    assert all(diff.APPLIED_HASH in m["metadata"]["annotations"] for m in p.applies)
     assert p.status["phase"] == "Pending"
     assert p.status_changed
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
@@ -261,6 +270,11 @@ def test_crash_looping_release_rolls_back_to_last_known_good_once() -> None:
     assert p.rollbacks == ["CrashLoop"]
     rb = next(c for c in p.status["conditions"] if c["type"] == "RolledBack")
     assert rb["status"] == "True"
+    # The quarantine is recorded in a ControllerRevision, written before the rollback.
+    assert [m["kind"] for m in p.history_applies] == ["ControllerRevision"]
+    assert p.history_applies[0]["data"]["revision"] == bad_rev
+    assert p.destructive == [f"rollback to {good_rev}"]
+    observed = with_history(observed, p)
     # Next reconcile, still rolled back: no new Event, no retry of the bad revision.
     obj["status"] = p.status
     back = live_of(
@@ -311,20 +325,20 @@ def test_first_ever_bad_release_is_degraded_without_rollback() -> None:
 
 
 def test_quantities_compare_by_value_only_under_resources() -> None:
-    assert plan.is_subset({"resources": {"cpu": "0.5"}}, {"resources": {"cpu": "500m"}})
-    assert plan.is_subset(
+    assert diff.is_subset({"resources": {"cpu": "0.5"}}, {"resources": {"cpu": "500m"}})
+    assert diff.is_subset(
         {"resources": {"limits": {"memory": 1000000}}}, {"resources": {"limits": {"memory": "1M"}}}
     )
-    assert not plan.is_subset({"resources": {"cpu": "1"}}, {"resources": {"cpu": "2"}})
-    assert not plan.is_subset({"annotations": {"a": "1k"}}, {"annotations": {"a": "1000"}})
-    assert not plan.is_subset([1, 2], [1])
-    assert not plan.is_subset({"a": True}, {"a": 1})
+    assert not diff.is_subset({"resources": {"cpu": "1"}}, {"resources": {"cpu": "2"}})
+    assert not diff.is_subset({"annotations": {"a": "1k"}}, {"annotations": {"a": "1000"}})
+    assert not diff.is_subset([1, 2], [1])
+    assert not diff.is_subset({"a": True}, {"a": 1})
 
 
 def test_zero_values_match_fields_the_server_omits() -> None:
-    assert plan.is_subset({"env": [{"name": "A", "value": ""}]}, {"env": [{"name": "A"}]})
-    assert plan.is_subset({"initialDelaySeconds": 0, "x": [], "y": {}}, {})
-    assert not plan.is_subset({"replicas": 2}, {})
+    assert diff.is_subset({"env": [{"name": "A", "value": ""}]}, {"env": [{"name": "A"}]})
+    assert diff.is_subset({"initialDelaySeconds": 0, "x": [], "y": {}}, {})
+    assert not diff.is_subset({"replicas": 2}, {})
 
 
 def test_api_errors_replace_status_and_keep_observed_generation() -> None:
@@ -345,12 +359,12 @@ def test_api_errors_replace_status_and_keep_observed_generation() -> None:
 def test_merge_patch_nulls_removed_fields_recursively() -> None:
     old = {"a": 1, "q": {"x": 1, "y": 2}, "gone": {"k": 1}, "list": [1, 2]}
     new = {"a": 1, "q": {"x": 1}, "list": [1]}
-    assert plan.merge_patch(old, new) == {"gone": None, "q": {"y": None}, "list": [1]}
-    assert plan.merge_patch(new, new) == {}
+    assert diff.merge_patch(old, new) == {"gone": None, "q": {"y": None}, "list": [1]}
+    assert diff.merge_patch(new, new) == {}
 
 
 def test_unreadable_status_fields_are_dropped_one_by_one() -> None:
-    status = plan.parse_status(
+    status = status_mod.parse_status(
         {
             "quarantinedRevision": "abc",
             "activeTrack": "sideways",  # not a track

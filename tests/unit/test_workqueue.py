@@ -2,7 +2,8 @@
 
 import asyncio
 
-from microservice_operator.workqueue import Store, WorkQueue
+from microservice_operator.informer import Store
+from microservice_operator.workqueue import WorkQueue
 
 
 def _obj(name: str, rv: str, instance: str | None = "shop") -> dict[str, object]:
@@ -76,7 +77,7 @@ def test_replace_drops_phantoms_but_keeps_newer_objects() -> None:
     s.put("Pod", _obj("kept", "4"))
     s.put("Pod", _obj("newer", "9"))  # changed after the LIST below was read
     dropped = s.replace("Pod", [_obj("kept", "4")], list_rv=5)
-    assert dropped == 1
+    assert [o["metadata"]["name"] for o in dropped] == ["gone"]
     assert s.keys("Pod") == [("ns", "kept"), ("ns", "newer")]
 
 

@@ -1,0 +1,136 @@
+"""Generic server-side-apply diffing (pure): does applying a manifest change anything?
+
+Steady state must make no writes, so before every apply we compare what we would send
+with what the cluster holds, the way the API server would see it: defaulted fields are
+ignored, empty values match missing ones, quantities compare by value. A hash of the
+last applied manifest, kept as an annotation on each child, catches fields we stopped
+sending (which only an apply removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from .settings import FIELD_MANAGER
+
+APPLIED_HASH = "mso.dev/applied-hash"
+"""Annotation on each child: hash of the manifest we last applied. When the rendered
+manifest changes we apply (which also removes fields we stopped sending); when it has
+not, we still compare field by field to catch drift from manual edits."""
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """Stable hash of a rendered manifest (without our hash annotation)."""
+    data = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest carrying its own hash as an annotation."""
+    out: dict[str, Any] = json.loads(json.dumps(manifest))
+    annotations = out["metadata"].setdefault("annotations", {})
+    annotations[APPLIED_HASH] = manifest_hash(manifest)
+    return out
+
+
+def _quantity_equal(a: object, b: object) -> bool:
+    try:
+        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        return False
+
+
+def _is_zero(value: Any) -> bool:
+    return value is False or value == 0 or value in ("", [], {})
+
+
+def is_subset(desired: Any, live: Any, *, quantities: bool = False) -> bool:
+    """Whether every field of ``desired`` has the same value in ``live``.
+
+    Fields the API server defaulted (or other managers added) are ignored; lists must
+    match element by element. A zero value we send ("", 0, [], {}) matches a missing
+    field, because the API server omits empty fields. Under ``resources``, quantities
+    compare by value ("0.5" == "500m"), as the API server canonicalises them.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        return all(
+            is_subset(v, live[k], quantities=quantities or k == "resources")
+            if k in live
+            else _is_zero(v)
+            for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        return all(
+            is_subset(d, lv, quantities=quantities) for d, lv in zip(desired, live, strict=True)
+        )
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if desired == live:
+        return True
+    if (
+        quantities
+        and isinstance(desired, str | int | float)
+        and isinstance(live, str | int | float)
+    ):
+        return _quantity_equal(desired, live)
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return float(desired) == float(live)
+    return False
+
+
+def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether applying ``desired`` (already hashed) would change the live object."""
+    if live is None:
+        return True
+    ours = desired["metadata"].get("annotations", {}).get(APPLIED_HASH)
+    theirs = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+    if ours != theirs:
+        return True
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+    return not is_subset(body, live)
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    Fields dropped from status (a cleared quarantine, say) must be sent as null, or a
+    merge patch would leave them in place.
+    """
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+def owns_replicas(deployment: dict[str, Any] | None) -> bool:
+    """Whether our field manager applied spec.replicas of this Deployment."""
+    if deployment is None:
+        return False
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+            if "f:replicas" in spec:
+                return True
+    return False
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether ``obj`` has a controller ownerReference to the object with ``uid``."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)

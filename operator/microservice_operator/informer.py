@@ -1,0 +1,341 @@
+"""Watch caches that are correct by construction: one LIST+WATCH per kind.
+
+A reconcile reads children from memory, so a cache that keeps a deleted pod makes
+the operator judge a finished rollout as still in progress, and roll a healthy
+release back at its deadline. Hence client-go's reflector semantics, written once:
+
+- each :class:`Informer` LISTs its kind and WATCHes from exactly the list's
+  resourceVersion, in one thread, so nothing can happen between the two unseen
+  (no separate priming LIST racing another watch);
+- events are applied in the order the stream delivers them (resourceVersion order),
+  and the :class:`Store` never lets an older version replace a newer one, nor a
+  write's echo resurrect an object whose deletion it has seen (tombstones);
+- a broken watch resumes from the last resourceVersion it saw (the API server
+  replays what it missed, deletions included); when that version is too old
+  (410 Gone), the informer relists, and :meth:`Store.replace` drops every object the
+  fresh LIST no longer has and reports the MicroServices they belonged to.
+
+kopf's watches are not used for this: they relist without telling the handler where
+the listing ends, so deletions missed during a reconnect can never be detected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .kube import Kube, KubeError, Resource
+
+log = logging.getLogger("microservice_operator")
+
+Key = tuple[str, str]
+"""(namespace, name) of a MicroService."""
+Ident = tuple[str, str]
+"""(namespace, name) of a cached object."""
+
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+TOMBSTONE_SECONDS = 600.0
+"""How long a deletion is remembered to refuse late echoes of older versions."""
+
+
+def resource_version(obj: dict[str, Any]) -> int:
+    """An object's resourceVersion as an integer (etcd's revision; 0 if unknown)."""
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:  # resourceVersion is opaque; etcd makes it an integer
+        return 0
+
+
+def ident(obj: dict[str, Any]) -> Ident:
+    """The cache identity of an object."""
+    meta = obj.get("metadata", {})
+    return meta.get("namespace", ""), meta["name"]
+
+
+def owner_key(obj: dict[str, Any]) -> Key | None:
+    """The MicroService a child belongs to, from its instance label."""
+    meta = obj.get("metadata", {})
+    inst = (meta.get("labels") or {}).get(INSTANCE_LABEL)
+    return (meta.get("namespace", ""), inst) if inst else None
+
+
+class Store:
+    """Thread-safe latest-version cache of watched objects, indexed by owner key.
+
+    Informer threads write, reconcile threads read, hence the lock. Objects are
+    never mutated in place: readers get the dicts as stored and must not modify them.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._objects: dict[str, dict[Ident, dict[str, Any]]] = {}
+        self._by_owner: dict[str, dict[Key, set[Ident]]] = {}
+        # kind -> ident -> (resourceVersion of the deletion, when it was seen)
+        self._tombstones: dict[str, dict[Ident, tuple[int, float]]] = {}
+
+    # ------------------------------------------------------------------ writes
+    def put(self, kind: str, obj: dict[str, Any]) -> bool:
+        """Store ``obj`` unless the same or a newer version, or its deletion, is already
+        known; True if stored (the cache changed)."""
+        i = ident(obj)
+        rv = resource_version(obj)
+        with self._lock:
+            tomb = self._tombstones.get(kind, {}).get(i)
+            if tomb is not None:
+                if 0 < rv <= tomb[0]:
+                    return False  # a version older than its deletion
+                del self._tombstones[kind][i]
+            objs = self._objects.setdefault(kind, {})
+            old = objs.get(i)
+            if old is not None and resource_version(old) >= rv > 0:
+                return False  # older, or the echo of a version already stored
+            if old is not None:
+                self._unindex(kind, i, old)
+            objs[i] = obj
+            owner = owner_key(obj)
+            if owner is not None:
+                self._by_owner.setdefault(kind, {}).setdefault(owner, set()).add(i)
+            return True
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Forget a deleted object and remember its deletion; returns what was stored.
+
+        A late DELETED of an older incarnation (another uid) must not evict a re-created
+        successor of the same name.
+        """
+        i = ident(obj)
+        rv = resource_version(obj)
+        now = self._clock()
+        with self._lock:
+            stored = self._objects.get(kind, {}).get(i)
+            uid = obj.get("metadata", {}).get("uid")
+            if stored is not None and uid and stored.get("metadata", {}).get("uid") != uid:
+                return None
+            tombs = self._tombstones.setdefault(kind, {})
+            tombs[i] = (max(rv, resource_version(stored) if stored else 0), now)
+            self._prune_tombstones(tombs, now)
+            if stored is None:
+                return None
+            del self._objects[kind][i]
+            self._unindex(kind, i, stored)
+            return stored
+
+    def replace(
+        self, kind: str, objs: list[dict[str, Any]], list_rv: int, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Make the store hold exactly a fresh LIST of a kind (within ``namespace``, or
+        all namespaces), read at ``list_rv``; returns the objects that changed: new,
+        newer, or dropped because the LIST no longer has them.
+
+        Objects newer than the LIST (stored from a write after the LIST was read) are
+        kept: the watch that starts at ``list_rv`` will report what becomes of them.
+        """
+        fresh = {ident(o) for o in objs}
+        changed = [o for o in objs if self.put(kind, o)]
+        with self._lock:
+            stale = [
+                o
+                for i, o in self._objects.get(kind, {}).items()
+                if i not in fresh and resource_version(o) <= list_rv and namespace in (None, i[0])
+            ]
+            # The LIST is authoritative up to list_rv: older tombstones are moot.
+            tombs = self._tombstones.get(kind, {})
+            for i in [i for i, (rv, _) in tombs.items() if rv <= list_rv]:
+                if namespace in (None, i[0]):
+                    del tombs[i]
+        for obj in stale:
+            gone = dict(obj, metadata={**obj["metadata"], "resourceVersion": str(list_rv)})
+            if self.delete(kind, gone) is not None:
+                changed.append(obj)
+        return changed
+
+    def mark_deleting(self, kind: str, namespace: str, name: str, timestamp: str) -> None:
+        """Show an object we just deleted as terminating until its watch event arrives,
+        so a reconcile that runs first does not pick it again."""
+        with self._lock:
+            obj = self._objects.get(kind, {}).get((namespace, name))
+            if obj is not None:
+                meta = {**obj["metadata"], "deletionTimestamp": timestamp}
+                self._objects[kind][(namespace, name)] = {**obj, "metadata": meta}
+
+    def _unindex(self, kind: str, i: Ident, obj: dict[str, Any]) -> None:
+        owner = owner_key(obj)
+        if owner is None:
+            return
+        idents = self._by_owner.get(kind, {}).get(owner)
+        if idents is not None:
+            idents.discard(i)
+            if not idents:
+                del self._by_owner[kind][owner]
+
+    @staticmethod
+    def _prune_tombstones(tombs: dict[Ident, tuple[int, float]], now: float) -> None:
+        # Insertion order is age order; drop from the front while expired.
+        for i in list(tombs):
+            if now - tombs[i][1] < TOMBSTONE_SECONDS:
+                break
+            del tombs[i]
+
+    # ------------------------------------------------------------------ reads
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored object, or None."""
+        with self._lock:
+            return self._objects.get(kind, {}).get((namespace, name))
+
+    def owned(self, kind: str, owner: Key) -> list[dict[str, Any]]:
+        """Stored objects of a kind labelled as belonging to ``owner``."""
+        with self._lock:
+            idents = self._by_owner.get(kind, {}).get(owner, set())
+            objs = self._objects.get(kind, {})
+            return [objs[i] for i in sorted(idents) if i in objs]
+
+    def keys(self, kind: str) -> list[Ident]:
+        """Identities of every stored object of a kind."""
+        with self._lock:
+            return sorted(self._objects.get(kind, {}))
+
+    def count(self, kind: str) -> int:
+        """Number of stored objects of a kind."""
+        with self._lock:
+            return len(self._objects.get(kind, {}))
+
+
+def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """Drop what no decision reads from a pod (managedFields is most of its size)."""
+    meta = pod.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return pod
+
+
+class Informer:
+    """LIST then WATCH one kind into the store, forever, in its own thread.
+
+    ``on_change`` is called (from this thread) with every object whose cached state
+    changed, including objects dropped on relist, so the caller can queue their
+    MicroServices. ``synced`` is set after the first successful LIST.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        store: Store,
+        on_change: Callable[[list[dict[str, Any]]], None],
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        watch_timeout_seconds: int = 300,
+        read_timeout: float = 90.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.kube = kube
+        self.resource = resource
+        self.kind = resource.kind
+        self.store = store
+        self.on_change = on_change
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.read_timeout = read_timeout
+        self.max_backoff = max_backoff
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.relists = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        """For logs: the kind and, if any, the namespace."""
+        return f"{self.kind}" + (f" in {self.namespace}" if self.namespace else "")
+
+    def start(self) -> None:
+        """Run in a daemon thread (a blocked watch read cannot be interrupted)."""
+        self._thread = threading.Thread(
+            target=self.run, name=f"informer-{self.kind.lower()}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to end at its next event or timeout."""
+        self._stop.set()
+
+    def alive(self) -> bool:
+        """Whether the informer thread still runs (a dead one is a bug: exit)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        """LIST, then WATCH from the list's version; resume or relist on failure."""
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                if not self.resource_version:
+                    self._list()
+                self._watch()
+                backoff = 0.0
+            except KubeError as exc:
+                if exc.gone:
+                    log.info("Relisting %s: watch version too old", self.name)
+                    self.resource_version = ""
+                    continue
+                backoff = min(self.max_backoff, max(0.5, backoff * 2))
+                log.warning("Failed to watch %s (retrying in %.1fs): %s", self.name, backoff, exc)
+                self._stop.wait(backoff * random.uniform(0.8, 1.2))
+
+    def _list(self) -> None:
+        objs, list_rv = self.kube.list_with_version(
+            self.resource, self.namespace, label_selector=self.label_selector
+        )
+        if self.kind == "Pod":
+            objs = [trim_pod(o) for o in objs]
+        changed = self.store.replace(self.kind, objs, list_rv, namespace=self.namespace)
+        if self.synced.is_set():
+            self.relists += 1
+        self.resource_version = str(list_rv)
+        self.synced.set()
+        if changed:
+            self.on_change(changed)
+
+    def _watch(self) -> None:
+        events = self.kube.watch(
+            self.resource,
+            self.namespace,
+            resource_version=self.resource_version,
+            label_selector=self.label_selector,
+            timeout_seconds=int(self.watch_timeout_seconds * random.uniform(0.8, 1.0)),
+            read_timeout=self.read_timeout,
+        )
+        for event in events:
+            if self._stop.is_set():
+                return
+            etype = event.get("type")
+            obj = event.get("object") or {}
+            if etype == "ERROR":
+                code = int(obj.get("code") or 0)
+                raise KubeError(code, str(obj.get("reason", "Error")), str(obj.get("message")))
+            rv = obj.get("metadata", {}).get("resourceVersion")
+            if etype == "BOOKMARK":
+                if rv:
+                    self.resource_version = str(rv)
+                continue
+            obj.setdefault("apiVersion", self.resource.api_version)
+            obj.setdefault("kind", self.kind)
+            if self.kind == "Pod":
+                trim_pod(obj)
+            if etype == "DELETED":
+                stored = self.store.delete(self.kind, obj)
+                changed = [stored or obj]
+            elif self.store.put(self.kind, obj):
+                changed = [obj]
+            else:
+                changed = []
+            if rv:
+                self.resource_version = str(rv)
+            if changed:
+                self.on_change(changed)

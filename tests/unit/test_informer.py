@@ -1,0 +1,185 @@
+"""The informer cache: relist deletions, resourceVersion order, tombstones, and the
+LIST-then-WATCH loop's recovery (resume from the last version; relist on 410).
+
+The scripted client below stands in for the API server's list/watch protocol only;
+tests/integration and tests/faults run the same code against a real API server.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from microservice_operator.informer import Informer, Store
+from microservice_operator.kube import PODS, KubeError
+
+
+def obj(name: str, rv: int, *, uid: str | None = None, owner: str = "shop") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "uid": uid or f"uid-{name}",
+            "resourceVersion": str(rv),
+            "labels": {"app.kubernetes.io/instance": owner},
+            "managedFields": [{"manager": "kubelet"}],
+        }
+    }
+
+
+def names(objs: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in objs)
+
+
+def test_relist_drops_objects_deleted_while_no_watch_ran() -> None:
+    s = Store()
+    s.put("Pod", obj("old-v1", 3))
+    s.put("Pod", obj("new-v2", 4))
+    changed = s.replace("Pod", [obj("new-v2", 4)], list_rv=10)
+    assert names(changed) == ["old-v1"]  # reported, so its MicroService is queued
+    assert s.get("Pod", "ns", "old-v1") is None
+    assert names(s.owned("Pod", ("ns", "shop"))) == ["new-v2"]
+
+
+def test_relist_reports_changed_and_new_objects_only() -> None:
+    s = Store()
+    s.put("Pod", obj("a", 3))
+    s.put("Pod", obj("b", 4))
+    changed = s.replace("Pod", [obj("a", 3), obj("b", 7), obj("c", 8)], list_rv=10)
+    assert names(changed) == ["b", "c"]
+
+
+def test_relist_is_scoped_to_its_namespace() -> None:
+    s = Store()
+    other = obj("x", 2)
+    other["metadata"]["namespace"] = "other"
+    s.put("Pod", other)
+    s.replace("Pod", [], list_rv=10, namespace="ns")
+    assert s.get("Pod", "other", "x") is not None
+
+
+def test_out_of_order_versions_never_replace_newer_ones() -> None:
+    s = Store()
+    assert s.put("Pod", obj("a", 7))
+    assert not s.put("Pod", obj("a", 5))
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "7"  # type: ignore[index]
+
+
+def test_a_late_echo_cannot_resurrect_a_deleted_object() -> None:
+    """A write's response (rv 5) stored after the watch reported the deletion (rv 6)."""
+    s = Store()
+    s.put("Pod", obj("a", 4))
+    s.delete("Pod", obj("a", 6))
+    assert not s.put("Pod", obj("a", 5))
+    assert s.get("Pod", "ns", "a") is None
+    # A new object of the same name (re-created later) is accepted.
+    assert s.put("Pod", obj("a", 9, uid="uid-a2"))
+
+
+def test_a_late_delete_of_an_older_incarnation_keeps_the_successor() -> None:
+    s = Store()
+    s.put("Pod", obj("a", 9, uid="new"))
+    s.delete("Pod", obj("a", 8, uid="old"))
+    assert s.get("Pod", "ns", "a") is not None
+
+
+class ScriptedKube:
+    """list/watch answers from a script; each watch call pops the next stream."""
+
+    def __init__(self, lists: list[tuple[list[dict[str, Any]], int]], streams: list[Any]) -> None:
+        self.lists = lists
+        self.streams = streams
+        self.calls: list[tuple[str, str]] = []
+        self.done = threading.Event()
+
+    def list_with_version(self, *_: Any, **__: Any) -> tuple[list[dict[str, Any]], int]:
+        items, rv = self.lists.pop(0)
+        self.calls.append(("list", str(rv)))
+        return [dict(o) for o in items], rv
+
+    def watch(self, *_: Any, resource_version: str, **__: Any) -> Iterator[dict[str, Any]]:
+        self.calls.append(("watch", resource_version))
+        if not self.streams:
+            self.done.set()
+            informer.stop()
+            return iter(())
+        stream = self.streams.pop(0)
+        if isinstance(stream, KubeError):
+            raise stream
+        return iter(stream)
+
+
+informer: Informer
+
+
+def run(kube: ScriptedKube) -> tuple[Store, list[str]]:
+    global informer  # noqa: PLW0603 - the scripted client stops the loop at the end
+    store = Store()
+    changed: list[str] = []
+    informer = Informer(
+        kube,  # type: ignore[arg-type]
+        PODS,
+        store,
+        lambda objs: changed.extend(o["metadata"]["name"] for o in objs),
+        max_backoff=0.01,
+    )
+    informer.run()
+    return store, changed
+
+
+def test_watch_starts_at_the_list_version_and_resumes_from_the_last_event() -> None:
+    kube = ScriptedKube(
+        lists=[([obj("a", 5)], 10)],
+        streams=[
+            [
+                {"type": "ADDED", "object": obj("b", 11)},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+            ],
+            KubeError(0, "TransportError", "connection reset"),
+            [{"type": "DELETED", "object": obj("a", 16)}],
+        ],
+    )
+    store, changed = run(kube)
+    assert kube.calls == [
+        ("list", "10"),
+        ("watch", "10"),
+        ("watch", "15"),  # after the stream ended: from the bookmark
+        ("watch", "15"),  # after a transport error: resume, no relist
+        ("watch", "16"),
+    ]
+    assert store.keys("Pod") == [("ns", "b")]
+    assert changed == ["a", "b", "a"]
+    assert "managedFields" not in store.get("Pod", "ns", "b")["metadata"]  # type: ignore[index]
+
+
+def test_gone_relists_and_drops_what_vanished_meanwhile() -> None:
+    """The pod deleted while the watch was down (and its event compacted away) is
+    dropped by the relist and its MicroService is told."""
+    kube = ScriptedKube(
+        lists=[([obj("old", 5), obj("new", 6)], 10), ([obj("new", 6)], 50)],
+        streams=[
+            [{"type": "ERROR", "object": {"code": 410, "reason": "Expired", "message": "old"}}],
+        ],
+    )
+    store, changed = run(kube)
+    assert kube.calls == [("list", "10"), ("watch", "10"), ("list", "50"), ("watch", "50")]
+    assert store.keys("Pod") == [("ns", "new")]
+    assert changed == ["old", "new", "old"]  # first list, then the relist's drop
+    assert informer.relists == 1
+
+
+def test_list_failures_are_retried_until_synced() -> None:
+    class FlakyList(ScriptedKube):
+        failures = 2
+
+        def list_with_version(self, *a: Any, **k: Any) -> tuple[list[dict[str, Any]], int]:
+            if self.failures:
+                self.failures -= 1
+                raise KubeError(0, "TransportError", "connection refused")
+            return super().list_with_version(*a, **k)
+
+    kube = FlakyList(lists=[([obj("a", 5)], 10)], streams=[])
+    store, _ = run(kube)
+    assert informer.synced.is_set()
+    assert store.keys("Pod") == [("ns", "a")]
