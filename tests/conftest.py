@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-MARKS = {"integration": TESTS / "integration", "e2e": TESTS / "e2e"}
+MARKS = {
+    "integration": TESTS / "integration",
+    "faults": TESTS / "faults",
+    "e2e": TESTS / "e2e",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -416,6 +416,19 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
                 result.handoff = live
             result.applies.append(hashed)
 
+    # A rollback decided earlier whose Deployment write failed (or was cut short by a
+    # crash) is carried out now: report it when it really happens.
+    rollback_write = any(
+        m["kind"] == "Deployment"
+        and m["metadata"]["name"] == name
+        and running_revision != decision.revision
+        for m in result.applies
+    )
+    if decision.action == "stay_rolled_back" and rolled_back and rollback_write:
+        result.events.append(EventSpec("Warning", "RolledBack", decision.message))
+        result.rollbacks.append(decision.reason)
+        result.destructive.append(f"rollback to {decision.revision}")
+
     # --- status.
     status = build_status(
         spec=spec,

@@ -58,7 +58,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if os.environ.get("KUBECONFIG") or session.config.option.collectonly:
         return
     here = Path(__file__).resolve().parent
-    if not any(Path(str(item.path)).is_relative_to(here) for item in session.items):
+    cluster_dirs = (here, here.parent / "faults")
+    if not any(
+        Path(str(item.path)).is_relative_to(d) for item in session.items for d in cluster_dirs
+    ):
         return
     if _run_localcluster(session.config, "build") != 0:
         raise pytest.UsageError("building the local control plane failed (see output above)")

@@ -60,6 +60,7 @@ EXPECTED_BASE_RBAC: dict[tuple[str, str], set[str]] = {
     },
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch", "delete"},
+    ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "patch", "delete"},
 }
 # Resources a MicroService operator has no business with, in any verb.
 FORBIDDEN_RESOURCES = {

@@ -1,0 +1,1 @@
+"""Fault-injection suite: the operator under crashes, control-plane restarts and network faults."""

@@ -1,0 +1,146 @@
+"""Cluster-side evidence for fault tests: every assertion reads the API server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from tests.integration.operator_fixtures import kubectl
+
+GROUP, VERSION, PLURAL = "mso.dev", "v1alpha1", "microservices"
+MANAGED = "app.kubernetes.io/managed-by=microservice-operator"
+BAD_DECISIONS = ("RolledBack", "FailedOver", "PodRemediated")
+
+
+def microservice(name: str, image: str, replicas: int = 1, **failover: Any) -> dict[str, Any]:
+    """A MicroService of the hello shape."""
+    spec: dict[str, Any] = {
+        "image": image,
+        "replicas": replicas,
+        "ports": [{"containerPort": 5000, "servicePort": 80}],
+    }
+    if failover:
+        spec["failover"] = failover
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MicroService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply_all(kubeconfig: Path, namespace: str, docs: list[dict[str, Any]]) -> None:
+    """One kubectl apply for many objects (server-side, as a GitOps tool would)."""
+    kubectl(
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(docs),
+    )
+
+
+def list_ms(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )["items"]
+    return items
+
+
+def get_ms(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def condition(ms: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (ms.get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    return None
+
+
+def is_ready(ms: dict[str, Any]) -> bool:
+    c = condition(ms, "Ready")
+    status = ms.get("status") or {}
+    return (
+        c is not None
+        and c["status"] == "True"
+        and status.get("observedGeneration") == ms["metadata"]["generation"]
+    )
+
+
+def not_ready(api: client.ApiClient, namespace: str) -> list[str]:
+    """Names of MicroServices not Ready at their current generation."""
+    return [m["metadata"]["name"] for m in list_ms(api, namespace) if not is_ready(m)]
+
+
+def decision_events(api: client.ApiClient, namespace: str) -> list[str]:
+    """Events of destructive decisions in the namespace: 'reason name: message'."""
+    out = []
+    for ev in client.CoreV1Api(api).list_namespaced_event(namespace).items:
+        if ev.reason in BAD_DECISIONS:
+            out.append(f"{ev.reason} {ev.involved_object.name}: {ev.message}")
+    return out
+
+
+def quarantine_records(api: client.ApiClient, namespace: str) -> list[str]:
+    items = (
+        client.AppsV1Api(api)
+        .list_namespaced_controller_revision(
+            namespace, label_selector=f"{MANAGED},mso.dev/history=quarantined"
+        )
+        .items
+    )
+    return [r.metadata.name for r in items]
+
+
+def children_report(api: client.ApiClient, namespace: str) -> dict[str, list[str]]:
+    """Problems with the children of every MicroService: missing, duplicated (more
+    than one object of a kind per MicroService) or orphaned (owner gone)."""
+    uids = {m["metadata"]["uid"]: m["metadata"]["name"] for m in list_ms(api, namespace)}
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    kinds = {
+        "Deployment": apps.list_namespaced_deployment(namespace, label_selector=MANAGED).items,
+        "Service": core.list_namespaced_service(namespace, label_selector=MANAGED).items,
+    }
+    problems: dict[str, list[str]] = {"missing": [], "duplicate": [], "orphan": []}
+    for kind, objs in kinds.items():
+        per_owner: dict[str, int] = {}
+        for o in objs:
+            owners = [r.uid for r in o.metadata.owner_references or [] if r.controller]
+            if not owners or owners[0] not in uids:
+                problems["orphan"].append(f"{kind} {o.metadata.name}")
+                continue
+            per_owner[owners[0]] = per_owner.get(owners[0], 0) + 1
+        for uid, name in uids.items():
+            n = per_owner.get(uid, 0)
+            if n == 0:
+                problems["missing"].append(f"{kind} of {name}")
+            elif n > 1:
+                problems["duplicate"].append(f"{kind} of {name} x{n}")
+    return problems
+
+
+def images(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """Deployment name -> container image."""
+    return {
+        d.metadata.name: d.spec.template.spec.containers[0].image
+        for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    }
+
+
+def pod_images(api: client.ApiClient, namespace: str) -> set[str]:
+    return {
+        c.image
+        for p in client.CoreV1Api(api).list_namespaced_pod(namespace).items
+        for c in p.spec.containers
+    }
