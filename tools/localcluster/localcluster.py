@@ -6,6 +6,8 @@
     python tools/localcluster/localcluster.py status  # which components run
     python tools/localcluster/localcluster.py env     # export KUBECONFIG=...
     python tools/localcluster/localcluster.py build   # only build the binaries (cached)
+    python tools/localcluster/localcluster.py kill etcd   # SIGKILL one component (fault tests)
+    python tools/localcluster/localcluster.py pid kube-apiserver  # print a component's PID
 
 Components: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok
 (fake nodes and kubelets, driven by the Stages in ./stages) and metrics-server
@@ -29,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -50,6 +51,8 @@ LOGS = STATE_DIR / "logs"
 RUN = STATE_DIR / "run"
 ETCD_DATA = STATE_DIR / "etcd"
 ADMIN_KUBECONFIG = STATE_DIR / "kubeconfig"
+AUDIT_POLICY = STATE_DIR / "audit-policy.yaml"
+AUDIT_LOG = LOGS / "audit.log"
 STAGES = HERE / "stages"
 
 HOST = "127.0.0.1"
@@ -136,6 +139,20 @@ def read_versions() -> dict[str, str]:
     return versions
 
 
+def binary_names() -> dict[str, str]:
+    """Component -> file name of its binary in build.sh's cache (NAME-VERSION)."""
+    v = read_versions()
+    version = {
+        "etcd": v["ETCD_VERSION"],
+        "kube-apiserver": v["KUBE_VERSION"],
+        "kube-controller-manager": v["KUBE_VERSION"],
+        "kube-scheduler": v["KUBE_VERSION"],
+        "kwok": v["KWOK_VERSION"],
+        "metrics-server": v["METRICS_SERVER_VERSION"],
+    }
+    return {name: f"{name}-{version[name]}" for name in COMPONENTS}
+
+
 def binaries() -> dict[str, Path]:
     """Builds (if needed, cached by version) and returns component -> binary."""
     start = time.monotonic()
@@ -149,15 +166,7 @@ def binaries() -> dict[str, Path]:
     if proc.returncode != 0:
         raise ClusterError(f"build.sh failed with exit code {proc.returncode} (see output above)")
     bin_dir = Path(proc.stdout.strip().splitlines()[-1])
-    v = read_versions()
-    result = {
-        "etcd": bin_dir / f"etcd-{v['ETCD_VERSION']}",
-        "kube-apiserver": bin_dir / f"kube-apiserver-{v['KUBE_VERSION']}",
-        "kube-controller-manager": bin_dir / f"kube-controller-manager-{v['KUBE_VERSION']}",
-        "kube-scheduler": bin_dir / f"kube-scheduler-{v['KUBE_VERSION']}",
-        "kwok": bin_dir / f"kwok-{v['KWOK_VERSION']}",
-        "metrics-server": bin_dir / f"metrics-server-{v['METRICS_SERVER_VERSION']}",
-    }
+    result = {name: bin_dir / file for name, file in binary_names().items()}
     missing = [str(p) for p in result.values() if not os.access(p, os.X_OK)]
     if missing:
         raise ClusterError(f"build.sh did not produce: {', '.join(missing)}")
@@ -324,11 +333,12 @@ class Api:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 10.0,
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection(HOST, self.port, context=self.ctx, timeout=timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json"}
+            headers = {"Accept": "application/json", **(extra_headers or {})}
             if data is not None:
                 headers["Content-Type"] = content_type
             conn.request(method, path, body=data, headers=headers)
@@ -374,14 +384,74 @@ def http_ok(port: int, path: str, *, scheme: str = "https", timeout: float = 2.0
         return False
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+# Local addresses in /proc/net/tcp{,6} (hex, host byte order per 32-bit word) whose
+# listener would stop a component from binding 127.0.0.1: itself and the wildcards.
+_CLASHING_LISTEN_ADDRS = {
+    "0100007F",  # 127.0.0.1
+    "00000000",  # 0.0.0.0
+    "00000000000000000000000000000000",  # ::
+    "0000000000000000FFFF00000100007F",  # ::ffff:127.0.0.1
+}
+_TCP_LISTEN = "0A"
+
+
+def listening_sockets(port: int) -> list[int]:
+    """Inodes of the TCP sockets LISTENing on port at 127.0.0.1 or a wildcard address.
+
+    Only a listener blocks a new listener: the sockets a SIGKILLed server leaves
+    behind (TIME_WAIT, FIN_WAIT2, CLOSE_WAIT with a client that still holds its
+    end) do not, because every component binds with SO_REUSEADDR (Go's default).
+    Counting them made `up` fail for a minute after a crash.
+    """
+    inodes: list[int] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            sock.bind((HOST, port))
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
-            return True
-    return False
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            addr, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and addr.upper() in _CLASHING_LISTEN_ADDRS:
+                inodes.append(int(fields[9]))
+    return inodes
+
+
+def port_in_use(port: int) -> bool:
+    return bool(listening_sockets(port))
+
+
+def socket_owners(inodes: Sequence[int]) -> list[str]:
+    """'pid N (comm)' of the processes (of this user: others' fds are unreadable)
+    holding these sockets, to say who blocks a port."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    owners: list[str] = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc_dir / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        stat = proc_stat(int(proc_dir.name))
+                        comm = stat[0] if stat else "?"
+                        owners.append(f"pid {proc_dir.name} ({comm})")
+                        break
+    return owners
+
+
+def busy_ports(wanted: dict[str, int]) -> list[str]:
+    """'name=port (who holds it)' for each port that has a listener."""
+    busy = []
+    for name, port in wanted.items():
+        inodes = listening_sockets(port)
+        if inodes:
+            owners = socket_owners(inodes)
+            held_by = f" (held by {', '.join(owners)})" if owners else ""
+            busy.append(f"{name}={port}{held_by}")
+    return busy
 
 
 # --------------------------------------------------------------------------- processes
@@ -415,13 +485,42 @@ class Proc:
 
     def alive(self) -> bool:
         stat = proc_stat(self.pid)
-        return stat is not None and stat[1] != "Z" and stat[2] == self.start_ticks
+        if stat is None or stat[2] != self.start_ticks:
+            return False
+        if stat[1] not in "ZX":
+            return True
+        # A thread group leader that exits before its other threads shows Z while
+        # they still run and hold the process's sockets: gone only once all are.
+        tasks = Path(f"/proc/{self.pid}/task")
+        with contextlib.suppress(OSError):
+            for task in tasks.iterdir():
+                task_stat = parse_stat(task / "stat")
+                if task_stat is not None and task_stat[1] not in "ZX":
+                    return True
+        return False
+
+    def argv(self) -> list[str]:
+        """The command line the process runs with ([] if gone)."""
+        try:
+            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        return raw.decode(errors="replace").split("\0")[:-1]
+
+    def is_component(self) -> bool:
+        """Alive, and really this component's binary (not a reused PID)."""
+        argv = self.argv()
+        return self.alive() and bool(argv) and Path(argv[0]).name.startswith(f"{self.name}-")
 
 
 def proc_stat(pid: int) -> tuple[str, str, int] | None:
     """(comm, state, start time in clock ticks) of a process, or None if gone."""
+    return parse_stat(Path(f"/proc/{pid}/stat"))
+
+
+def parse_stat(path: Path) -> tuple[str, str, int] | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = path.read_text()
     except OSError:
         return None
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
@@ -550,6 +649,15 @@ def command(name: str, binary: Path, p: dict[str, int]) -> list[str]:
             # --enable-aggregator-routing cannot reach a loopback metrics-server.
             "--enable-aggregator-routing=false",
             "--profiling=false",
+            # Audit log of every write (see AUDIT_POLICY_TEXT): fault tests prove from
+            # the server side who wrote what and when. Blocking mode writes each event
+            # before the response, so nothing sits in a buffer when the server dies.
+            f"--audit-policy-file={AUDIT_POLICY}",
+            f"--audit-log-path={AUDIT_LOG}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=50",  # MB, then rotated to audit-<time>.log
+            "--audit-log-maxbackup=4",
         ]
     if name == "kube-controller-manager":
         return [
@@ -622,6 +730,33 @@ def command(name: str, binary: Path, p: dict[str, int]) -> list[str]:
             "--profiling=false",
         ]
     raise ValueError(name)
+
+
+# Metadata (who, what, when, response code; no bodies) for writes only, one
+# event per request (no RequestReceived stage); reads, watches and every other
+# verb are not logged, which keeps the log small enough to read in tests.
+AUDIT_POLICY_TEXT = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+def write_audit_policy() -> bool:
+    """Writes the audit policy file; True if it changed (a running API server
+    reads it only at start, so it must be restarted)."""
+    with contextlib.suppress(OSError):
+        if AUDIT_POLICY.read_text() == AUDIT_POLICY_TEXT:
+            return False
+    AUDIT_POLICY.parent.mkdir(parents=True, exist_ok=True)
+    tmp = AUDIT_POLICY.with_suffix(".tmp")
+    tmp.write_text(AUDIT_POLICY_TEXT)
+    tmp.replace(AUDIT_POLICY)
+    return True
 
 
 def health_check(name: str, port: int) -> Callable[[], bool]:
@@ -831,16 +966,34 @@ def apiservice_available(api: Api) -> bool:
     return condition(obj, "Available") == "True"
 
 
+def metrics_server_authorized(api: Api) -> bool:
+    """metrics-server may read the request-header CA ConfigMap it needs at start
+    (it exits if not: on a fresh etcd its RoleBinding is applied only now)."""
+    status, _ = api.request(
+        "GET",
+        "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication",
+        extra_headers={"Impersonate-User": "system:metrics-server"},
+    )
+    return status == 200
+
+
 def default_service_account(api: Api) -> bool:
     status, _ = api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
     return status == 200
 
 
 class Waiter:
-    """Polls checks while watching the started processes for early death."""
+    """Polls checks while watching the components for early death: those started
+    now (their exit code is known) and those `up` left running."""
 
-    def __init__(self, popens: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    def __init__(
+        self,
+        popens: dict[str, subprocess.Popen[bytes]],
+        kept: dict[str, Proc],
+        timeout: float,
+    ) -> None:
         self.popens = popens
+        self.kept = kept
         self.deadline = time.monotonic() + timeout
         self.t0 = time.monotonic()
 
@@ -850,6 +1003,12 @@ class Waiter:
             if code is not None:
                 raise ClusterError(
                     f"{name} exited with code {code} during startup; "
+                    f"last lines of {log_path(name)}:\n{log_tail(name)}"
+                )
+        for name, proc in self.kept.items():
+            if not proc.alive():
+                raise ClusterError(
+                    f"{name} (pid {proc.pid}, already running) exited during startup; "
                     f"last lines of {log_path(name)}:\n{log_tail(name)}"
                 )
 
@@ -876,32 +1035,64 @@ def running() -> dict[str, Proc]:
     return {n: p for n, p in procs.items() if p is not None and p.alive()}
 
 
-def healthy() -> bool:
-    procs = running()
-    if set(procs) != set(COMPONENTS):
-        return False
-    return all(health_check(n, p.port)() for n, p in procs.items())
+def drifted(procs: dict[str, Proc], p: dict[str, int]) -> list[str]:
+    """Running components whose command line differs from the one `up` would use
+    now (flags changed in this script, a version bumped in versions.env)."""
+    names = binary_names()
+    result = []
+    for name, proc in procs.items():
+        want = command(name, Path(names[name]), p)
+        have = proc.argv()
+        if not have or Path(have[0]).name != want[0] or have[1:] != want[1:]:
+            result.append(name)
+    return result
 
 
 def cmd_up(_: argparse.Namespace) -> int:
+    """Starts the components that are not running and waits until all are healthy.
+
+    Components that still run are kept (their clients reconnect), so after a
+    test SIGKILLs etcd or kube-apiserver, `up` restarts just that one in seconds.
+    """
     t0 = time.monotonic()
-    if healthy() and ADMIN_KUBECONFIG.exists():
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    p = ports()
+    procs = running()
+    moved = [f"{n} runs on port {pr.port}" for n, pr in procs.items() if pr.port != p[n]]
+    if moved:
+        raise ClusterError(
+            f"{', '.join(moved)}, but the environment now says otherwise; run 'down' first "
+            "(the other components' kubeconfigs name the old ports)"
+        )
+    restart = drifted(procs, p)
+    if write_audit_policy() and "kube-apiserver" in procs and "kube-apiserver" not in restart:
+        restart.append("kube-apiserver")  # reads the policy only at start
+    if restart:
+        log(f"{', '.join(restart)} run with other flags than this script uses; restarting")
+        for group, grace in STOP_GROUPS:
+            stop([n for n in group if n in restart], grace)
+        procs = running()
+    missing = [n for n in COMPONENTS if n not in procs]
+    if (
+        not missing
+        and ADMIN_KUBECONFIG.exists()
+        and all(health_check(n, pr.port)() for n, pr in procs.items())
+    ):
         log(f"already up ({time.monotonic() - t0:.1f}s); export KUBECONFIG={ADMIN_KUBECONFIG}")
         return 0
-    leftovers = running()
-    if leftovers:
-        log(f"partially running ({', '.join(leftovers)}); restarting")
-        stop_all()
-    bins = binaries()
-    p = ports()
-    busy = [f"{n}={port}" for n, port in p.items() if port_in_use(port)]
+    if procs and missing:
+        log(f"starting {', '.join(missing)}; keeping {', '.join(procs)}")
+    bins = binaries() if missing else {}
+    wanted = {n: p[n] for n in missing}
+    if "etcd" in missing:
+        wanted["etcd-peer"] = p["etcd-peer"]
+    busy = busy_ports(wanted)
     if busy:
         raise ClusterError(
             f"ports in use by another process: {', '.join(busy)}; free them or override "
             + ", ".join(f"{var}" for var, _ in PORT_DEFAULTS.values())
         )
     t_setup = time.monotonic()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
     ensure_pki()
     for user, file in (
         ("controller-manager", "controller-manager"),
@@ -914,10 +1105,11 @@ def cmd_up(_: argparse.Namespace) -> int:
 
     popens: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        waiter = Waiter(popens, ready_timeout())
+        waiter = Waiter(popens, procs, ready_timeout())
 
         def start(name: str) -> None:
-            _, popens[name] = spawn(name, command(name, bins[name], p), p[name])
+            if name in missing:
+                _, popens[name] = spawn(name, command(name, bins[name], p), p[name])
 
         start("etcd")
         waiter.until("etcd ready", health_check("etcd", p["etcd"]), interval=0.05)
@@ -926,9 +1118,11 @@ def cmd_up(_: argparse.Namespace) -> int:
             "kube-apiserver ready", health_check("kube-apiserver", p["kube-apiserver"]), 0.1
         )
         api = Api(p["kube-apiserver"])
-        release_node_leases(api)
+        if "kwok" in missing:
+            release_node_leases(api)
         for name in COMPONENTS[2:]:
-            start(name)
+            if name != "metrics-server":
+                start(name)
         pending = list(bootstrap_objects(p))
 
         def apply_all() -> bool:
@@ -939,6 +1133,9 @@ def cmd_up(_: argparse.Namespace) -> int:
             return True
 
         waiter.until("nodes, RBAC and metrics APIService applied", apply_all, interval=0.2)
+        if "metrics-server" in missing:
+            waiter.until("metrics-server RBAC", lambda: metrics_server_authorized(api), 0.1)
+            start("metrics-server")
         for name in COMPONENTS[2:]:
             waiter.until(f"{name} healthy", health_check(name, p[name]))
         waiter.until(f"{node_count()} nodes Ready", lambda: nodes_ready(api), interval=0.2)
@@ -946,7 +1143,7 @@ def cmd_up(_: argparse.Namespace) -> int:
         waiter.until("metrics APIService Available", lambda: apiservice_available(api), 0.2)
         write_kubeconfig(ADMIN_KUBECONFIG, "admin", p["kube-apiserver"])
     except BaseException:
-        log("startup failed; stopping what was started")
+        log("startup failed; stopping every component")
         stop_all()
         raise
     log(f"up in {time.monotonic() - t0:.1f}s; export KUBECONFIG={ADMIN_KUBECONFIG}")
@@ -1007,6 +1204,46 @@ def cmd_env(_: argparse.Namespace) -> int:
     if not ADMIN_KUBECONFIG.exists():
         log("the cluster has never been started; run 'up' first")
     print(f"export KUBECONFIG={ADMIN_KUBECONFIG}")
+    print(f"export MSO_AUDIT_LOG={AUDIT_LOG}")
+    return 0
+
+
+def running_component(name: str) -> Proc:
+    """The recorded process of name, checked to be alive and really that binary."""
+    proc = Proc.load(name)
+    if proc is None or not proc.alive():
+        raise ClusterError(f"{name} is not running")
+    if not proc.is_component():
+        argv = proc.argv()
+        raise ClusterError(f"pid {proc.pid} recorded for {name} runs {argv[:1]}, not {name}")
+    return proc
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """SIGKILLs components (a crash, for fault tests) and waits until they are gone.
+
+    The run records stay, exactly as after a real crash; `up` starts just these
+    components again.
+    """
+    procs = [running_component(name) for name in dict.fromkeys(args.names)]
+    t0 = time.monotonic()
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    alive = procs
+    while alive:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"still running after SIGKILL: {[p.name for p in alive]}")
+        time.sleep(0.01)
+        alive = [p for p in alive if p.alive()]
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in procs)
+    log(f"killed {names} in {time.monotonic() - t0:.2f}s")
+    return 0
+
+
+def cmd_pid(args: argparse.Namespace) -> int:
+    print(running_component(args.name).pid)
     return 0
 
 
@@ -1032,10 +1269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.set_defaults(func=cmd_down)
     sub.add_parser("build", help="only build the binaries (cached)").set_defaults(func=cmd_build)
     sub.add_parser("status", help="show which components run").set_defaults(func=cmd_status)
-    sub.add_parser("env", help="print the KUBECONFIG export").set_defaults(func=cmd_env)
+    sub.add_parser("env", help="print the KUBECONFIG and MSO_AUDIT_LOG exports").set_defaults(
+        func=cmd_env
+    )
+    kill = sub.add_parser("kill", help="SIGKILL components (fault tests); 'up' restarts them")
+    kill.add_argument("names", nargs="+", choices=COMPONENTS, metavar="NAME")
+    kill.set_defaults(func=cmd_kill)
+    pid = sub.add_parser("pid", help="print a running component's PID (exit 1 if not running)")
+    pid.add_argument("name", choices=COMPONENTS, metavar="NAME")
+    pid.set_defaults(func=cmd_pid)
     args = parser.parse_args(argv)
     try:
-        if args.command in ("up", "down"):
+        if args.command in ("up", "down", "kill"):
             with state_lock():
                 return int(args.func(args))
         return int(args.func(args))
