@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 LOCALCLUSTER := $(BIN)/python tools/localcluster/localcluster.py
 KUBECONFIG_LOCAL := $(CURDIR)/.localcluster/kubeconfig
 
-.PHONY: help venv tools lint typecheck unit integration test cluster-up cluster-down cluster-env \
+.PHONY: help venv tools lint typecheck unit integration faults test cluster-up cluster-down cluster-env \
 	crds run bench clean
 
 help: ## Show the targets
@@ -41,8 +41,11 @@ unit: venv tools ## Unit tests (pure logic, no cluster)
 integration: venv tools ## Integration tests against the local control plane (or $$KUBECONFIG)
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck tools ## Lint, type check, unit and integration tests
-	$(BIN)/pytest tests/unit tests/integration
+faults: venv tools ## Fault-injection suite (kills, control-plane restarts, network faults)
+	$(BIN)/pytest tests/faults
+
+test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
+	$(BIN)/pytest tests/unit tests/integration tests/faults
 
 cluster-up: venv ## Build (once) and start the local control plane
 	$(LOCALCLUSTER) up

@@ -63,7 +63,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     log.info("Stopped microservice-operator")
 
 
-@kopf.on.probe(id="controller")
+@kopf.on.probe(id="controller", errors=kopf.ErrorsMode.PERMANENT)
 def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     """/healthz: fails when an informer, the elector or a worker died."""
     controller: Controller | None = memo.get("controller")

@@ -109,6 +109,7 @@ KUBE_RESOURCES: Final = (
     "events",
     "replicasets",
     "leases",
+    "controllerrevisions",
     "namespaces",
     "customresourcedefinitions",
     "other",
@@ -123,6 +124,7 @@ _KUBE_RESOURCE_BY_KIND: Final = {
     "event": "events",
     "replicaset": "replicasets",
     "lease": "leases",
+    "controllerrevision": "controllerrevisions",
     "namespace": "namespaces",
     "customresourcedefinition": "customresourcedefinitions",
 }
