@@ -92,13 +92,15 @@ def rolled_back(kubeconfig: Path, api: client.ApiClient, namespace: str) -> str:
     apply_all(kubeconfig, namespace, [web("hello:1")])
     wait_for(lambda: all_ready(api, namespace, "app.kubernetes.io/instance=web", 3), timeout=60)
     wait_for(
-        lambda: get_ms(api, namespace, "web")["status"].get("lastKnownGoodRevision"),
+        lambda: get_ms(api, namespace, "web").get("status", {}).get("lastKnownGoodRevision"),
         timeout=60,
         message="v1 proven",
     )
     apply_all(kubeconfig, namespace, [web("hello:crashloop")])
     ms = wait_for(
-        lambda: (m := get_ms(api, namespace, "web"))["status"].get("quarantinedRevision") and m,
+        lambda: (
+            (m := get_ms(api, namespace, "web")).get("status", {}).get("quarantinedRevision") and m
+        ),
         timeout=90,
         message="v2 quarantined",
     )
@@ -162,7 +164,8 @@ def test_wiped_status_while_quarantined_does_not_redeploy_the_bad_revision(
     watch_for(10, still_v1)
     ms = wait_for(
         lambda: (
-            (m := get_ms(kube_api, namespace, "web"))["status"].get("quarantinedRevision") and m
+            (m := get_ms(kube_api, namespace, "web")).get("status", {}).get("quarantinedRevision")
+            and m
         ),
         timeout=30,
         message="quarantine reported again",
@@ -184,7 +187,8 @@ def test_forged_status_never_runs_the_forged_image(
     apply_all(kubeconfig, namespace, [web("hello:1")])
     ms = wait_for(
         lambda: (
-            (m := get_ms(kube_api, namespace, "web"))["status"].get("lastKnownGoodRevision") and m
+            (m := get_ms(kube_api, namespace, "web")).get("status", {}).get("lastKnownGoodRevision")
+            and m
         ),
         timeout=60,
         message="v1 proven",
@@ -264,7 +268,7 @@ def test_a_failed_write_after_the_rollback_decision_keeps_the_quarantine(
     fleet.add("op", "--namespace", namespace).start()
     apply_all(kubeconfig, namespace, [web("hello:1")])
     wait_for(
-        lambda: get_ms(kube_api, namespace, "web")["status"].get("lastKnownGoodRevision"),
+        lambda: get_ms(kube_api, namespace, "web").get("status", {}).get("lastKnownGoodRevision"),
         timeout=60,
         message="v1 proven",
     )
