@@ -10,6 +10,7 @@ deleted, even while the operator is down, and the operator's only writes are its
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -28,6 +29,10 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     """kopf settings, each chosen on purpose."""
     # kopf would otherwise post a Kubernetes Event for every handler log line.
     kopf_settings.posting.enabled = False
+    # kopf still watches CRDs (and Namespaces when namespace-scoped) for itself; by
+    # default it gives up after ~54 s of API errors. Retry forever instead: an API
+    # server outage must be ridden out, not turned into an exit.
+    kopf_settings.networking.error_backoffs = itertools.repeat(2.0)
     # No kopf peering: it would pause the standby's watches (stale caches on
     # takeover). Replicas coordinate through a Lease instead (elector.py).
     kopf_settings.peering.standalone = True

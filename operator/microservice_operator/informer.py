@@ -232,7 +232,7 @@ class Informer:
         label_selector: str | None = None,
         watch_timeout_seconds: int = 300,
         read_timeout: float = 90.0,
-        max_backoff: float = 30.0,
+        max_backoff: float = 5.0,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -284,6 +284,8 @@ class Informer:
                     log.info("Relisting %s: watch version too old", self.name)
                     self.resource_version = ""
                     continue
+                # Short and capped: the API server coming back must be noticed
+                # within seconds, and a retry every few seconds costs nothing.
                 backoff = min(self.max_backoff, max(0.5, backoff * 2))
                 log.warning("Failed to watch %s (retrying in %.1fs): %s", self.name, backoff, exc)
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))

@@ -131,10 +131,12 @@ def children_report(api: client.ApiClient, namespace: str) -> dict[str, list[str
 
 
 def images(api: client.ApiClient, namespace: str) -> dict[str, str]:
-    """Deployment name -> container image."""
+    """Deployment name -> container image, of the operator's Deployments."""
     return {
         d.metadata.name: d.spec.template.spec.containers[0].image
-        for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+        for d in client.AppsV1Api(api)
+        .list_namespaced_deployment(namespace, label_selector=MANAGED)
+        .items
     }
 
 
