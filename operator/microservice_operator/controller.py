@@ -56,6 +56,9 @@ MS_KIND = "MicroService"
 CHILD_RESOURCES = (DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, CONTROLLERREVISIONS)
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
 MAX_BACKOFF = 300.0
+MAX_TRANSIENT_BACKOFF = 16.0
+"""Retries of API outages (no answer, 429, 5xx) stay frequent: the API coming back must
+be noticed in seconds, not after a backoff that grew during the outage."""
 SUPERVISE_SECONDS = 2.0
 
 
@@ -148,8 +151,22 @@ class Controller:
                 functools.partial(self._changed, res.kind),
                 namespace=ns,
                 label_selector=selector,
+                on_recovered=self._recovered if res is MICROSERVICES else None,
             )
         )
+
+    def _recovered(self) -> None:
+        """The MicroService watch works again after failing (an API outage): check every
+        MicroService once, as reconciles that failed meanwhile may have nothing else
+        to trigger them."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._requeue_all)
+
+    def _requeue_all(self) -> None:
+        for ns, name in self.store.keys(MS_KIND):
+            self._failures.pop((ns, name), None)
+            self.queue.add((ns, name))
 
     def _start_elector(self) -> None:
         s = self.settings
@@ -282,10 +299,11 @@ class Controller:
             if delay is not None:
                 self.queue.add_after(key, delay)
 
-    def _backoff(self, key: Key) -> float:
+    def _backoff(self, key: Key, *, transient: bool = False) -> float:
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
-        return float(min(MAX_BACKOFF, 2 ** min(n, 9)))
+        cap = MAX_TRANSIENT_BACKOFF if transient else MAX_BACKOFF
+        return float(min(cap, 2 ** min(n, 9)))
 
     def reconcile(self, key: Key) -> float | None:
         """One reconcile of one MicroService; returns seconds until it should run again."""
@@ -418,7 +436,8 @@ class Controller:
                 log.warning("Failed to record the error of %s/%s: %s", ns, name, status_exc)
             if exc.invalid:
                 return None  # the same input fails the same way; a spec change retries
-            return self._backoff(key)
+            transient = exc.transport or exc.status == 429 or exc.status >= 500
+            return self._backoff(key, transient=transient)
         self._failures.pop(key, None)
         if p.invalid and p.events:  # counted once per new problem, not per pod event
             self.metrics.reconcile_error("InvalidSpec")

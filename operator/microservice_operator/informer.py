@@ -218,7 +218,8 @@ class Informer:
 
     ``on_change`` is called (from this thread) with every object whose cached state
     changed, including objects dropped on relist, so the caller can queue their
-    MicroServices. ``synced`` is set after the first successful LIST.
+    MicroServices. ``synced`` is set after the first successful LIST;
+    ``on_recovered`` is called when the LIST or WATCH works again after failing.
     """
 
     def __init__(
@@ -228,6 +229,7 @@ class Informer:
         store: Store,
         on_change: Callable[[list[dict[str, Any]]], None],
         *,
+        on_recovered: Callable[[], None] | None = None,
         namespace: str | None = None,
         label_selector: str | None = None,
         watch_timeout_seconds: int = 300,
@@ -239,6 +241,8 @@ class Informer:
         self.kind = resource.kind
         self.store = store
         self.on_change = on_change
+        self.on_recovered = on_recovered
+        self.failing = False
         self.namespace = namespace
         self.label_selector = label_selector
         self.watch_timeout_seconds = watch_timeout_seconds
@@ -286,6 +290,7 @@ class Informer:
                     continue
                 # Short and capped: the API server coming back must be noticed
                 # within seconds, and a retry every few seconds costs nothing.
+                self.failing = True
                 backoff = min(self.max_backoff, max(0.5, backoff * 2))
                 log.warning("Failed to watch %s (retrying in %.1fs): %s", self.name, backoff, exc)
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
@@ -303,6 +308,14 @@ class Informer:
         self.synced.set()
         if changed:
             self.on_change(changed)
+        self._mark_working()
+
+    def _mark_working(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("Watching %s again", self.name)
+            if self.on_recovered is not None:
+                self.on_recovered()
 
     def _watch(self) -> None:
         events = self.kube.watch(
@@ -314,6 +327,7 @@ class Informer:
             read_timeout=self.read_timeout,
         )
         for event in events:
+            self._mark_working()
             if self._stop.is_set():
                 return
             etype = event.get("type")

@@ -113,15 +113,20 @@ class ScriptedKube:
 informer: Informer
 
 
+recovered: list[bool] = []
+
+
 def run(kube: ScriptedKube) -> tuple[Store, list[str]]:
     global informer  # noqa: PLW0603 - the scripted client stops the loop at the end
     store = Store()
     changed: list[str] = []
+    recovered.clear()
     informer = Informer(
         kube,  # type: ignore[arg-type]
         PODS,
         store,
         lambda objs: changed.extend(o["metadata"]["name"] for o in objs),
+        on_recovered=lambda: recovered.append(True),
         max_backoff=0.01,
     )
     informer.run()
@@ -150,6 +155,7 @@ def test_watch_starts_at_the_list_version_and_resumes_from_the_last_event() -> N
     ]
     assert store.keys("Pod") == [("ns", "b")]
     assert changed == ["a", "b", "a"]
+    assert recovered == [True]  # once, when the watch delivered again after the error
     assert "managedFields" not in store.get("Pod", "ns", "b")["metadata"]  # type: ignore[index]
 
 
@@ -182,4 +188,5 @@ def test_list_failures_are_retried_until_synced() -> None:
     kube = FlakyList(lists=[([obj("a", 5)], 10)], streams=[])
     store, _ = run(kube)
     assert informer.synced.is_set()
+    assert recovered == [True]
     assert store.keys("Pod") == [("ns", "a")]
