@@ -41,6 +41,7 @@ class LeaseState:
     renew_time: datetime | None
     duration_seconds: int
     transitions: int
+    acquire_time: str | None = None  # as stored: written back unchanged on renewal
 
     @staticmethod
     def of(lease: dict[str, Any]) -> LeaseState:
@@ -51,13 +52,18 @@ class LeaseState:
             renew_time=parse_time(spec.get("renewTime")),
             duration_seconds=int(spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS),
             transitions=int(spec.get("leaseTransitions") or 0),
+            acquire_time=spec.get("acquireTime"),
         )
 
 
 def lease_spec(
     action: Action, lease: LeaseState | None, identity: str, now: datetime
 ) -> dict[str, Any]:
-    """The Lease spec to write for ``action`` ("create", "renew" or "acquire")."""
+    """The whole Lease spec to write for ``action`` ("create", "renew" or "acquire").
+
+    The write replaces the spec, so a renewal carries acquireTime and leaseTransitions
+    over unchanged (they say when and how often leadership changed hands).
+    """
     ts = micro_time(now)
     spec: dict[str, Any] = {
         "holderIdentity": identity,
@@ -67,6 +73,10 @@ def lease_spec(
     if action in ("create", "acquire"):
         spec["acquireTime"] = ts
         spec["leaseTransitions"] = (lease.transitions + 1) if lease else 0
+    elif lease is not None:
+        spec["leaseTransitions"] = lease.transitions
+        if lease.acquire_time:
+            spec["acquireTime"] = lease.acquire_time
     return spec
 
 

@@ -39,8 +39,12 @@ def test_acquire_counts_a_transition_and_renew_does_not() -> None:
     assert acquired["holderIdentity"] == "me"
     assert acquired["leaseTransitions"] == 4
     assert acquired["acquireTime"] == acquired["renewTime"] == "2026-11-28T12:00:00.000000Z"
-    renewed = leader.lease_spec("renew", lease_state("me"), "me", NOW)
-    assert "leaseTransitions" not in renewed and "acquireTime" not in renewed
+    held = leader.LeaseState.of(
+        {"spec": {"holderIdentity": "me", "leaseTransitions": 3, "acquireTime": "T0"}}
+    )
+    renewed = leader.lease_spec("renew", held, "me", NOW)
+    # The write replaces the spec: a renewal keeps the record of the last handover.
+    assert renewed["leaseTransitions"] == 3 and renewed["acquireTime"] == "T0"
 
 
 class Clock:
