@@ -276,6 +276,7 @@ class Health:
     deadline_at: datetime | None
     deadline_exceeded: bool
     summary: str
+    replicas: int = 0  # pods the Deployment counts (old ReplicaSets included)
 
 
 def assess(
@@ -375,6 +376,7 @@ def assess(
         deadline_at=deadline_at,
         deadline_exceeded=deadline_exceeded,
         summary="",
+        replicas=deployment.replicas if deployment is not None else len(active),
     )
     return replace(health, summary=_summary(health, active))
 
@@ -392,7 +394,12 @@ def _summary(health: Health, active: list[PodObservation]) -> str:
     if health.stuck:
         parts.append(f"{_pods(len(health.stuck))} stuck NotReady")
     if not health.rolled_out:
-        parts.append(f"rollout in progress ({health.updated}/{health.desired} updated)")
+        detail = f"{health.updated}/{health.desired} updated"
+        if health.old_revision_pods:
+            detail += f", {_pods(health.old_revision_pods)} of another revision left"
+        if health.replicas > health.desired:
+            detail += f", {health.replicas} replicas"
+        parts.append(f"rollout in progress ({detail})")
     if health.deadline_exceeded:
         parts.append("progress deadline exceeded")
     return "; ".join(parts)

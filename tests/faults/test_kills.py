@@ -30,7 +30,8 @@ from tests.integration.helpers import wait_for
 
 FLEET = 200
 KILLS_PER_PHASE = 10
-DEADLINE = 30  # progress deadline: a false rollback would show within the test
+DEADLINE = 120  # progress deadline: longer than a real rollout of the fleet here, and
+# short enough that a false rollback (a phantom pod in the cache) shows within the test
 RESULTS = Path(__file__).resolve().parents[2] / ".localcluster" / "fault-results"
 
 

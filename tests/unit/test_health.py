@@ -595,7 +595,8 @@ def test_assess_from_raw_objects() -> None:
     assert h.deadline_exceeded  # the Deployment reports ProgressDeadlineExceeded
     assert h.summary == (
         "2/3 ready; 1 pod CrashLoopBackOff; 1 pod stuck NotReady; "
-        "rollout in progress (1/3 updated); progress deadline exceeded"
+        "rollout in progress (1/3 updated, 2 pods of another revision left); "
+        "progress deadline exceeded"
     )
 
 
