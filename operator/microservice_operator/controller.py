@@ -2,8 +2,8 @@
 
 Informers (:mod:`informer`) keep a cache of every MicroService and of every child we
 label; each change queues the owning MicroService. Workers take keys from the queue,
-build a :class:`plan.Plan` from the caches (no API reads) and execute it through
-:mod:`kube` (writes only when something differs). Blocking client calls run in a
+build a :class:`plan.Plan` from the caches (no API reads) and hand it to
+:mod:`execute` (writes only when something differs). Blocking client calls run in a
 bounded thread pool so the event loop stays free.
 
 Never act on stale state: a plan that would do something destructive (roll back,
@@ -25,15 +25,13 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 from . import plan as planning
-from .diff import controlled_by
 from .elector import Elector
-from .informer import Informer, Store, ident, owner_key, trim_pod
+from .execute import MANAGED_SELECTOR, MS_KIND, Executor, utcnow
+from .informer import Informer, Store, ident, owner_key
 from .kube import (
-    BY_KIND,
     CONTROLLERREVISIONS,
     DEPLOYMENTS,
     HPAS,
@@ -47,24 +45,17 @@ from .kube import (
     Resource,
 )
 from .metrics import OperatorMetrics
-from .settings import FIELD_MANAGER, Settings
+from .settings import Settings
 from .workqueue import Key, WorkQueue, cancel_all
 
 log = logging.getLogger("microservice_operator")
 
-MS_KIND = "MicroService"
 CHILD_RESOURCES = (DEPLOYMENTS, SERVICES, HPAS, PDBS, PODS, CONTROLLERREVISIONS)
-MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
 MAX_BACKOFF = 300.0
 MAX_TRANSIENT_BACKOFF = 16.0
 """Retries of API outages (no answer, 429, 5xx) stay frequent: the API coming back must
 be noticed in seconds, not after a backoff that grew during the outage."""
 SUPERVISE_SECONDS = 2.0
-
-
-def utcnow() -> datetime:
-    """The clock, in one place."""
-    return datetime.now(UTC)
 
 
 def _exit_now(code: int) -> None:
@@ -90,9 +81,8 @@ class Controller:
         self.settings = settings
         self.store = Store()
         self.queue = WorkQueue()
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="reconcile"
-        )
+        self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
+        self.executor = Executor(kube, self.store, metrics)
         self.informers: list[Informer] = []
         self.elector: Elector | None = None
         self._exit = exit_process
@@ -195,7 +185,7 @@ class Controller:
         await cancel_all(self._tasks)
         self._tasks.clear()
         loop = asyncio.get_running_loop()
-        shutdown = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
+        shutdown = functools.partial(self.pool.shutdown, wait=True, cancel_futures=True)
         await loop.run_in_executor(None, shutdown)
         if self.elector is not None:
             await loop.run_in_executor(None, self.elector.release)
@@ -287,8 +277,8 @@ class Controller:
                 if self.store.get(MS_KIND, *key) is None:
                     self._forget(key)
                     continue
-                delay = await loop.run_in_executor(self.executor, self.reconcile, key)
-            except RuntimeError:  # the executor was shut down: we are stopping
+                delay = await loop.run_in_executor(self.pool, self.reconcile, key)
+            except RuntimeError:  # the pool was shut down: we are stopping
                 return
             except Exception:  # a bug must not kill the worker; back off and retry
                 log.exception("Reconcile of %s/%s crashed", *key)
@@ -318,68 +308,12 @@ class Controller:
             return None
         return delay
 
-    def observed(self, key: Key) -> planning.Observed:
-        """What the caches hold for a MicroService."""
-        ns, name = key
-        ms = self.store.get(MS_KIND, ns, name) or {}
-        uid = ms.get("metadata", {}).get("uid", "")
-
-        def mine(kind: str, obj_name: str) -> dict[str, Any] | None:
-            obj = self.store.get(kind, ns, obj_name)
-            if obj is not None and uid and not controlled_by(obj, uid):
-                # Same name, another owner (e.g. a MicroService deleted and re-created
-                # while the GC catches up): treat as absent; the create path checks.
-                return None
-            return obj
-
-        return planning.Observed(
-            deployment=mine("Deployment", name),
-            standby=mine("Deployment", f"{name}-standby"),
-            service=mine("Service", name),
-            hpa=mine("HorizontalPodAutoscaler", name),
-            pdb=mine("PodDisruptionBudget", name),
-            pods=tuple(self.store.owned("Pod", key)),
-            revisions=tuple(self.store.owned("ControllerRevision", key)),
-        )
-
-    def read_live(self, key: Key) -> tuple[dict[str, Any], planning.Observed] | None:
-        """The MicroService and its children as the API server holds them now (None if
-        the MicroService is gone): the evidence a destructive act is confirmed on."""
-        ns, name = key
-        ms = self.kube.get(MICROSERVICES, ns, name)
-        if ms is None:
-            return None
-        uid = ms.get("metadata", {}).get("uid", "")
-
-        def mine(res: Resource, obj_name: str) -> dict[str, Any] | None:
-            obj = self.kube.get(res, ns, obj_name)
-            if obj is None or (uid and not controlled_by(obj, uid)):
-                return None
-            obj.setdefault("apiVersion", res.api_version)
-            obj.setdefault("kind", res.kind)
-            return obj
-
-        selector = f"{MANAGED_SELECTOR},app.kubernetes.io/instance={name}"
-        pods = [trim_pod(p) for p in self.kube.list(PODS, ns, label_selector=selector)]
-        revisions = self.kube.list(CONTROLLERREVISIONS, ns, label_selector=selector)
-        observed = planning.Observed(
-            deployment=mine(DEPLOYMENTS, name),
-            standby=mine(DEPLOYMENTS, f"{name}-standby"),
-            service=mine(SERVICES, name),
-            hpa=mine(HPAS, name),
-            pdb=mine(PDBS, name),
-            pods=tuple(pods),
-            revisions=tuple(revisions),
-            live=True,
-        )
-        return ms, observed
-
     def _confirm(
         self, ms: dict[str, Any], p: planning.Plan, key: Key
     ) -> tuple[dict[str, Any], planning.Plan] | None:
         """Plan again from the live cluster; returns what to execute (None: MS gone)."""
         started = time.monotonic()
-        live = self.read_live(key)
+        live = self.executor.read_live(key)
         if live is None:
             return None
         ms_live, observed = live
@@ -406,14 +340,14 @@ class Controller:
     def _reconcile(self, ms: dict[str, Any], key: Key) -> float | None:
         ns, name = key
         now = utcnow()
-        p = planning.plan(ms, self.observed(key), now)
+        p = planning.plan(ms, self.executor.observed(key), now)
         try:
             if p.destructive:
                 confirmed = self._confirm(ms, p, key)
                 if confirmed is None:
                     return None
                 ms, p = confirmed
-            self._execute(ms, p)
+            self.executor.execute(ms, p)
         except KubeError as exc:
             if exc.namespace_terminating:
                 log.info("Skipped MicroService %s/%s: its namespace is being deleted", ns, name)
@@ -430,8 +364,8 @@ class Controller:
             log.warning("Failed to reconcile MicroService %s/%s: %s", ns, name, exc)
             failed = planning.plan_error(ms, p, reason, exc.message, now)
             try:
-                self._write_status(ms, failed)
-                self._record(ms, failed)
+                self.executor.write_status(ms, failed)
+                self.executor.record(ms, failed)
             except KubeError as status_exc:
                 log.warning("Failed to record the error of %s/%s: %s", ns, name, status_exc)
             if exc.invalid:
@@ -442,131 +376,3 @@ class Controller:
         if p.invalid and p.events:  # counted once per new problem, not per pod event
             self.metrics.reconcile_error("InvalidSpec")
         return p.requeue_after
-
-    def _execute(self, ms: dict[str, Any], p: planning.Plan) -> None:
-        """Carry a plan out: history records first (the decision is in the cluster
-        before the writes that act on it), then children, then status and Events."""
-        ns = ms["metadata"]["namespace"]
-        name = ms["metadata"]["name"]
-        for record in p.history_applies:
-            self.store.put("ControllerRevision", self.kube.apply(record))
-            log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
-        if p.handoff is not None:
-            self.kube.handoff_replicas(p.handoff)
-        for manifest in p.applies:
-            kind = manifest["kind"]
-            child = manifest["metadata"]["name"]
-            cached = self.store.get(kind, ns, child)
-            self._refuse_foreign(ms, kind, child, cached)
-            live = self.kube.apply(manifest)
-            self.store.put(kind, live)
-            log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
-        for kind, child, uid in p.deletes:
-            if self.kube.delete(BY_KIND[kind], ns, child, uid=uid):
-                log.info("Deleted %s %s/%s (no longer wanted)", kind, ns, child)
-        for pod, uid in p.pod_deletes:
-            if self.kube.delete(PODS, ns, pod, uid=uid):
-                log.warning("Deleted stuck Pod %s/%s of MicroService %s", ns, pod, name)
-                self.store.mark_deleting("Pod", ns, pod, planning.rfc3339(utcnow()))
-        for old_record, uid in p.history_deletes:
-            if self.kube.delete(CONTROLLERREVISIONS, ns, old_record, uid=uid):
-                log.info("Deleted ControllerRevision %s/%s (superseded)", ns, old_record)
-        self._write_status(ms, p)
-        self._record(ms, p)
-
-    def _refuse_foreign(
-        self, ms: dict[str, Any], kind: str, child: str, cached: dict[str, Any] | None
-    ) -> None:
-        """Refuse to take over an object of the child's name that this MicroService
-        does not control: applying with force would silently adopt and rewrite it.
-
-        Our caches only hold labelled objects, so before the first apply of a child
-        (nothing cached) we look for a same-named object the user or another tool owns.
-        """
-        meta = ms["metadata"]
-        existing = cached
-        if existing is None:
-            existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
-        if existing is not None and not controlled_by(existing, meta.get("uid", "")):
-            raise KubeError(
-                409,
-                "ChildConflict",
-                f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
-                "this MicroService; rename or delete it",
-            )
-
-    def _write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:
-        if not p.status_changed:
-            return
-        meta = ms["metadata"]
-        patch = planning.merge_patch(ms.get("status") or {}, p.status)
-        patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
-        if patched is not None:
-            self.store.put(MS_KIND, patched)
-
-    def _record(self, ms: dict[str, Any], p: planning.Plan) -> None:
-        meta = ms["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        g = p.gauges
-        if g is not None:
-            self.metrics.observe(
-                ns,
-                name,
-                desired=g.desired,
-                ready=g.ready,
-                available=g.available,
-                unavailable=g.unavailable,
-                updated=g.updated,
-                healthy_ratio=g.healthy_ratio,
-                ready_flag=g.ready_flag,
-                active_track=g.active_track,
-            )
-        # After observe(): the first observe creates the counters at 0, so the very
-        # first rollback is an increase that alerts can see.
-        for reason in p.rollbacks:
-            self.metrics.rollback(ns, name, reason)
-        for reason in p.failovers:
-            self.metrics.failover(ns, name, reason)
-        if p.remediations:
-            self.metrics.remediation(ns, name, p.remediations)
-        for ev in p.events:
-            log.log(
-                logging.WARNING if ev.type == "Warning" else logging.INFO,
-                "%s MicroService %s/%s: %s",
-                ev.reason,
-                ns,
-                name,
-                ev.message,
-            )
-            self.kube.create_event(event_for(ms, ev))
-
-
-def event_for(ms: dict[str, Any], ev: planning.EventSpec) -> dict[str, Any]:
-    """A core/v1 Event about ``ms``, as ``kubectl describe ms`` shows it."""
-    meta = ms["metadata"]
-    ts = planning.rfc3339(utcnow())
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "generateName": f"{meta['name']}.",
-            "namespace": meta["namespace"],
-        },
-        "involvedObject": {
-            "apiVersion": MICROSERVICES.api_version,
-            "kind": MS_KIND,
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid", ""),
-            "resourceVersion": meta.get("resourceVersion", ""),
-        },
-        "type": ev.type,
-        "reason": ev.reason,
-        "message": ev.message[:1024],
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": FIELD_MANAGER,
-        "reportingInstance": FIELD_MANAGER,
-    }

@@ -223,24 +223,77 @@ def spec_changed_at(ms: dict[str, Any]) -> datetime | None:
     return max(known) if known else None
 
 
+@dataclass
+class _Reconcile:
+    """One reconcile's inputs and running state, shared by the phases of :func:`plan`."""
+
+    ms: dict[str, Any]
+    observed: Observed
+    now: datetime
+    spec: MicroServiceSpec
+    old: MicroServiceStatus
+    owner: render.Owner
+    generation: int
+    records: history.History
+    state: FailoverState
+    result: Plan = field(default_factory=Plan)
+
+    @property
+    def name(self) -> str:
+        return self.owner.name
+
+    @property
+    def primary_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.observed.pods if track_of(p) == "primary"]
+
+
+@dataclass(frozen=True)
+class _Revision:
+    """The outcome of the revision phase."""
+
+    desired: str
+    running: str | None
+    decision: failover.RollbackDecision
+    rolled_back: bool
+    source_spec: MicroServiceSpec | None
+    assessed: health.Health
+    pods: list[health.PodObservation]
+
+
 def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
-    """Decide one reconcile of ``ms`` given what the cluster holds, at time ``now``."""
+    """Decide one reconcile of ``ms`` given what the cluster holds, at time ``now``:
+    which revision runs, where traffic goes, which stuck pods go, which children
+    differ from what the cluster holds, and the status that reports it."""
     namespace, name, uid, generation = _meta(ms)
     try:
         spec = MicroServiceSpec.model_validate(ms.get("spec") or {})
     except ValidationError as exc:
         return plan_invalid(ms, format_validation_error(exc), now)
-
     old = parse_status(ms.get("status"))
-    ts = rfc3339(now)
-    owner = render.Owner(name=name, namespace=namespace, uid=uid)
-    fo = spec.failover
-    result = Plan()
-    state = old.failover_state or FailoverState()
-    records = history.read_history(list(observed.revisions), uid)
+    r = _Reconcile(
+        ms=ms,
+        observed=observed,
+        now=now,
+        spec=spec,
+        old=old,
+        owner=render.Owner(name=name, namespace=namespace, uid=uid),
+        generation=generation,
+        records=history.read_history(list(observed.revisions), uid),
+        state=old.failover_state or FailoverState(),
+    )
+    rev = _revision_phase(r)
+    track, standby_ready = _traffic_phase(r, rev.assessed)
+    remediation = _remediation_phase(r, rev)
+    _children_phase(r, rev, track)
+    _status_phase(r, rev, track, standby_ready, remediation)
+    return r.result
 
-    # --- which revision should run: the spec's, or the last known good one.
-    desired_revision = render.revision(spec, name)
+
+def _revision_phase(r: _Reconcile) -> _Revision:
+    """Which revision should run: the spec's, or the last known good one; records to
+    keep (ControllerRevisions) and the Events of the decision."""
+    spec, result, records = r.spec, r.result, r.records
+    desired_revision = render.revision(spec, r.name)
     target = failover.target_revision(
         desired_revision=desired_revision,
         last_known_good=records.last_known_good,
@@ -249,37 +302,33 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     # The progress-deadline clock restarts when the revision we ask for changes. It
     # never starts before the spec was last written: a forged or restored status
     # cannot make a fresh release look overdue.
-    state = failover.revision_clock(
-        state, revision=desired_revision, previous_revision=old.desired_revision, now=now
+    r.state = failover.revision_clock(
+        r.state, revision=desired_revision, previous_revision=r.old.desired_revision, now=r.now
     )
-    revision_since = _parse_time(state.revision_since) or now
-    written = spec_changed_at(ms)
+    revision_since = _parse_time(r.state.revision_since) or r.now
+    written = spec_changed_at(r.ms)
     if written is not None and written > revision_since:
-        revision_since = min(written, now)
-        state = state.model_copy(update={"revision_since": health.format_precise(revision_since)})
-
-    primary_pods = [p for p in observed.pods if track_of(p) == "primary"]
-    standby_pods = [p for p in observed.pods if track_of(p) == "standby"]
-    dep_obs = health.observe_deployment(observed.deployment)
-    pod_obs = health.observe_pods(primary_pods)
-    running_revision = dep_obs.revision if dep_obs is not None else None
+        revision_since = min(written, r.now)
+        r.state = r.state.model_copy(
+            update={"revision_since": health.format_precise(revision_since)}
+        )
+    dep_obs = health.observe_deployment(r.observed.deployment)
+    pod_obs = health.observe_pods(r.primary_pods)
+    fo = spec.failover
     assessed = health.assess(
-        dep_obs, pod_obs, fo, now, revision=target, revision_since=revision_since
+        dep_obs, pod_obs, fo, r.now, revision=target, revision_since=revision_since
     )
-
     decision = failover.decide_rollback(
         desired_revision=desired_revision,
         desired_image=spec.image,
         desired_spec=spec.dump(),
-        generation=generation,
+        generation=r.generation,
         health=assessed,
         last_known_good=records.last_known_good,
         quarantined=records.quarantine,
         failover=fo,
-        now=now,
+        now=r.now,
     )
-    last_known_good = decision.last_known_good
-    quarantine = decision.quarantine
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
     if rolled_back and decision.render_from is not None:
@@ -297,7 +346,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     ):
         result.events.append(EventSpec("Normal", "RevisionHealthy", decision.message))
     elif decision.action == "degraded_no_rollback" and not conditions.is_true(
-        old.conditions, "Degraded"
+        r.old.conditions, "Degraded"
     ):
         result.events.append(EventSpec("Warning", decision.reason, decision.message))
     if decision.quarantine_cleared and records.quarantine is not None:
@@ -308,54 +357,66 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
                 f"Spec changed; revision {records.quarantine.revision} is no longer quarantined",
             )
         )
-    creates, removes = history.changes(
-        owner,
+    keep_bad = decision.quarantine if rolled_back or decision.action != "rollback" else None
+    result.history_applies, result.history_deletes = history.changes(
+        r.owner,
         records,
-        last_known_good=last_known_good,
-        quarantine=quarantine if rolled_back or decision.action != "rollback" else None,
-        generation=generation,
+        last_known_good=decision.last_known_good,
+        quarantine=keep_bad,
+        generation=r.generation,
     )
-    result.history_applies, result.history_deletes = creates, removes
     if target != decision.revision:
         # Rolled back in this very reconcile: judge the revision that will now run.
         assessed = health.assess(
-            dep_obs, pod_obs, fo, now, revision=decision.revision, revision_since=revision_since
+            dep_obs, pod_obs, fo, r.now, revision=decision.revision, revision_since=revision_since
         )
+    return _Revision(
+        desired=desired_revision,
+        running=dep_obs.revision if dep_obs is not None else None,
+        decision=decision,
+        rolled_back=rolled_back,
+        source_spec=source_spec,
+        assessed=assessed,
+        pods=pod_obs,
+    )
 
-    # --- which track takes traffic, and how big the standby is. The track in effect
-    # is what the live Service selects; status only reports it.
+
+def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.TrackDecision, int]:
+    """Which track takes traffic and how big the standby is. The track in effect is
+    what the live Service selects; status only reports it."""
+    fo, observed, result = r.spec.failover, r.observed, r.result
     standby_configured = fo.standby is not None
-    needed = render.desired_replicas(spec)
+    needed = render.desired_replicas(r.spec)
     if needed is None:
-        needed = dep_obs.desired if dep_obs is not None else 1
+        needed = assessed.desired if assessed.deployment_found else 1
+    standby_pods = [p for p in observed.pods if track_of(p) == "standby"]
     standby_ready = sum(1 for p in health.observe_pods(standby_pods) if p.ready)
     current_track = live_track(observed.service)
     if current_track is None:
-        current_track = old.active_track if observed.service is None else "primary"
+        current_track = r.old.active_track if observed.service is None else "primary"
     track = failover.decide_track(
         health=assessed,
-        state=state,
+        state=r.state,
         active_track=current_track,
         standby_configured=standby_configured,
         standby_ready=standby_ready,
         standby_replicas_needed=needed,
         failover=fo,
-        now=now,
+        now=r.now,
     )
-    state = track.state
-    active_track = track.active_track
-    last_failover = old.last_failover
+    r.state = track.state
     if track.switched:
-        last_failover = track.last_failover or last_failover
-        kind = "Warning" if active_track == "standby" else "Normal"
+        to_standby = track.active_track == "standby"
         result.events.append(
             EventSpec(
-                kind, "FailedOver" if active_track == "standby" else "FailedBack", track.message
+                "Warning" if to_standby else "Normal",
+                "FailedOver" if to_standby else "FailedBack",
+                track.message,
             )
         )
-        if active_track == "standby":
+        if to_standby:
             result.failovers.append(track.reason)
-        result.destructive.append(f"traffic to the {active_track}")
+        result.destructive.append(f"traffic to the {track.active_track}")
     live_standby = ((observed.standby or {}).get("spec") or {}).get("replicas")
     if (
         standby_configured
@@ -363,35 +424,43 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         and track.standby_replicas < live_standby
     ):
         result.destructive.append(f"standby scale-down to {track.standby_replicas}")
+    return track, standby_ready
 
-    # --- remediation of stuck pods (never during a rollback or rollout).
+
+def _remediation_phase(r: _Reconcile, rev: _Revision) -> failover.RemediationDecision:
+    """Stuck pods to delete (never during a rollback or rollout)."""
     disruption_allowed: int | None = None
-    if observed.pdb is not None:
-        disruption_allowed = int((observed.pdb.get("status") or {}).get("disruptionsAllowed", 0))
+    if r.observed.pdb is not None:
+        disruption_allowed = int((r.observed.pdb.get("status") or {}).get("disruptionsAllowed", 0))
     remediation = failover.decide_remediation(
-        health=assessed,
-        pods=pod_obs,
-        state=state,
-        failover=fo,
+        health=rev.assessed,
+        pods=rev.pods,
+        state=r.state,
+        failover=r.spec.failover,
         disruption_allowed=disruption_allowed,
-        now=now,
+        now=r.now,
     )
-    state = remediation.state
-    uids = {p["metadata"]["name"]: p["metadata"].get("uid", "") for p in primary_pods}
+    r.state = remediation.state
+    uids = {p["metadata"]["name"]: p["metadata"].get("uid", "") for p in r.primary_pods}
+    result = r.result
     for pod_name in remediation.pods_to_delete:
         result.pod_deletes.append((pod_name, uids.get(pod_name, "")))
     if remediation.pods_to_delete:
         result.remediations = len(remediation.pods_to_delete)
         result.events.append(EventSpec("Warning", "PodRemediated", remediation.message))
         result.destructive.append(f"delete pods {', '.join(remediation.pods_to_delete)}")
+    return remediation
 
-    # --- render children and compare with the cluster.
+
+def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision) -> None:
+    """Render the children and keep those that differ from the cluster."""
+    result, uid = r.result, r.owner.uid
     children = render.build_children(
-        owner,
-        spec,
-        active_track=active_track,
-        source_spec=source_spec,
-        standby_replicas=track.standby_replicas if standby_configured else None,
+        r.owner,
+        r.spec,
+        active_track=track.active_track,
+        source_spec=rev.source_spec,
+        standby_replicas=track.standby_replicas if r.spec.failover.standby else None,
     )
     # The Service first: on failback traffic must leave the standby before the
     # standby is scaled down (on failover the standby was scaled up in an earlier
@@ -399,7 +468,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     order = sorted(children, key=lambda k: (k != "service", k != "deployment"))
     for key in order:
         manifest = children[key]
-        live = observed.child(key)
+        live = r.observed.child(key)
         if manifest is None:
             if live is not None and controlled_by(live, uid):
                 meta = live["metadata"]
@@ -415,55 +484,66 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
             ):
                 result.handoff = live
             result.applies.append(hashed)
-
     # A rollback decided earlier whose Deployment write failed (or was cut short by a
     # crash) is carried out now: report it when it really happens.
+    decision = rev.decision
     rollback_write = any(
         m["kind"] == "Deployment"
-        and m["metadata"]["name"] == name
-        and running_revision != decision.revision
+        and m["metadata"]["name"] == r.name
+        and rev.running != decision.revision
         for m in result.applies
     )
-    if decision.action == "stay_rolled_back" and rolled_back and rollback_write:
+    if decision.action == "stay_rolled_back" and rev.rolled_back and rollback_write:
         result.events.append(EventSpec("Warning", "RolledBack", decision.message))
         result.rollbacks.append(decision.reason)
         result.destructive.append(f"rollback to {decision.revision}")
 
-    # --- status.
+
+def _status_phase(
+    r: _Reconcile,
+    rev: _Revision,
+    track: failover.TrackDecision,
+    standby_ready: int,
+    remediation: failover.RemediationDecision,
+) -> None:
+    """Status, gauges and when to look again."""
+    result, assessed, decision, state = r.result, rev.assessed, rev.decision, r.state
+    standby_configured = r.spec.failover.standby is not None
+    prev_good = r.records.last_known_good
     status = build_status(
-        spec=spec,
-        old=old,
+        spec=r.spec,
+        old=r.old,
         proven_revision=prev_good.revision if prev_good else None,
-        generation=generation,
-        ts=ts,
+        generation=r.generation,
+        ts=rfc3339(r.now),
         assessed=assessed,
-        dep=observed.deployment,
+        dep=r.observed.deployment,
         standby_ready=standby_ready if standby_configured else None,
-        desired_revision=desired_revision,
-        running_revision=running_revision,
-        rolled_back=rolled_back,
+        desired_revision=rev.desired,
+        running_revision=rev.running,
+        rolled_back=rev.rolled_back,
         decision=decision,
         track=track,
-        active_track=active_track,
-        name=name,
+        active_track=track.active_track,
+        name=r.name,
     )
+    good, bad = decision.last_known_good, decision.quarantine
     status = status.model_copy(
         update={
-            "last_known_good_revision": last_known_good.revision if last_known_good else None,
+            "last_known_good_revision": good.revision if good else None,
             "last_known_good": (
-                RevisionRef(revision=last_known_good.revision, image=last_known_good.image)
-                if last_known_good
-                else None
+                RevisionRef(revision=good.revision, image=good.image) if good else None
             ),
-            "quarantined_revision": quarantine.revision if quarantine else None,
-            "quarantine": quarantine,
-            "last_failover": last_failover,
+            "quarantined_revision": bad.revision if bad else None,
+            "quarantine": bad,
+            "last_failover": (track.last_failover if track.switched else None)
+            or r.old.last_failover,
             "failover_state": state
             if standby_configured or state.remediations
             else FailoverState(revision_since=state.revision_since),
         }
     )
-    _finish_status(result, ms.get("status"), status)
+    _finish_status(result, r.ms.get("status"), status)
     result.gauges = Gauges(
         desired=assessed.desired,
         ready=assessed.ready,
@@ -472,16 +552,15 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         updated=assessed.updated,
         healthy_ratio=assessed.ratio,
         ready_flag=conditions.is_true(status.conditions, "Ready"),
-        active_track=active_track,
+        active_track=track.active_track,
     )
     waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
     if (
         not assessed.fully_healthy
         and assessed.deadline_at is not None
-        and assessed.deadline_at > now
+        and assessed.deadline_at > r.now
     ):
         # Re-check at the rollout deadline even if no event arrives by then; once it
         # has passed, events (not a timer) drive further reconciles.
-        waits.append(max(0.5, (assessed.deadline_at - now).total_seconds() + 0.05))
+        waits.append(max(0.5, (assessed.deadline_at - r.now).total_seconds() + 0.05))
     result.requeue_after = min(waits) if waits else None
-    return result

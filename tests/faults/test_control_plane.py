@@ -28,7 +28,7 @@ from tests.faults.cluster import (
     quarantine_records,
 )
 from tests.faults.supervise import Fleet
-from tests.integration.conftest import LOCALCLUSTER
+from tests.integration.fixtures import LOCALCLUSTER
 from tests.integration.helpers import wait_for
 
 RESULTS = Path(__file__).resolve().parents[2] / ".localcluster" / "fault-results"

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tests.integration.conftest import KubeCluster
+from tests.integration.fixtures import KubeCluster
 from tests.integration.helpers import condition, wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,8 @@
-"""Fixtures for integration tests against a real Kubernetes API server.
+"""Fixtures for tests against a real Kubernetes API server (integration and faults).
+
+Registered once, in tests/conftest.py, so that a session running both suites shares
+one control plane and one session operator (a fixture imported by two conftest files
+would be two fixtures, and two operators would fight over every namespace).
 
 The cluster is the one KUBECONFIG points at if it is set; otherwise the local
 control plane (tools/localcluster) is started for the session, and stopped at
@@ -145,8 +149,3 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-
-# The CRD and the running operator (kept in their own module, imported here so that
-# every integration test module shares one session-scoped operator).
-from tests.integration.operator_fixtures import crd, operator  # noqa: E402, F401

@@ -1,0 +1,237 @@
+"""Carrying plans out, and reading what they are planned from.
+
+The only place where a reconcile touches the API server (through :mod:`kube`): the
+observation of a MicroService from the caches, the same observation read live from
+the API server when a destructive plan must be confirmed, and the execution of a
+plan in its safe order. Kept apart from the controller, which decides *when* to
+reconcile and handles leadership, caches and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from . import plan as planning
+from .diff import controlled_by
+from .informer import Store, trim_pod
+from .kube import (
+    BY_KIND,
+    CONTROLLERREVISIONS,
+    DEPLOYMENTS,
+    HPAS,
+    MICROSERVICES,
+    PDBS,
+    PODS,
+    SERVICES,
+    Kube,
+    KubeError,
+    Resource,
+)
+from .metrics import OperatorMetrics
+from .settings import FIELD_MANAGER
+from .workqueue import Key
+
+log = logging.getLogger("microservice_operator")
+
+MS_KIND = "MicroService"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
+
+
+def utcnow() -> datetime:
+    """The clock, in one place."""
+    return datetime.now(UTC)
+
+
+class Executor:
+    """Observes a MicroService (cached or live) and executes its plans."""
+
+    def __init__(self, kube: Kube, store: Store, metrics: OperatorMetrics) -> None:
+        self.kube = kube
+        self.store = store
+        self.metrics = metrics
+
+    def observed(self, key: Key) -> planning.Observed:
+        """What the caches hold for a MicroService."""
+        ns, name = key
+        ms = self.store.get(MS_KIND, ns, name) or {}
+        uid = ms.get("metadata", {}).get("uid", "")
+
+        def mine(kind: str, obj_name: str) -> dict[str, Any] | None:
+            obj = self.store.get(kind, ns, obj_name)
+            if obj is not None and uid and not controlled_by(obj, uid):
+                # Same name, another owner (e.g. a MicroService deleted and re-created
+                # while the GC catches up): treat as absent; the create path checks.
+                return None
+            return obj
+
+        return planning.Observed(
+            deployment=mine("Deployment", name),
+            standby=mine("Deployment", f"{name}-standby"),
+            service=mine("Service", name),
+            hpa=mine("HorizontalPodAutoscaler", name),
+            pdb=mine("PodDisruptionBudget", name),
+            pods=tuple(self.store.owned("Pod", key)),
+            revisions=tuple(self.store.owned("ControllerRevision", key)),
+        )
+
+    def read_live(self, key: Key) -> tuple[dict[str, Any], planning.Observed] | None:
+        """The MicroService and its children as the API server holds them now (None if
+        the MicroService is gone): the evidence a destructive act is confirmed on."""
+        ns, name = key
+        ms = self.kube.get(MICROSERVICES, ns, name)
+        if ms is None:
+            return None
+        uid = ms.get("metadata", {}).get("uid", "")
+
+        def mine(res: Resource, obj_name: str) -> dict[str, Any] | None:
+            obj = self.kube.get(res, ns, obj_name)
+            if obj is None or (uid and not controlled_by(obj, uid)):
+                return None
+            obj.setdefault("apiVersion", res.api_version)
+            obj.setdefault("kind", res.kind)
+            return obj
+
+        selector = f"{MANAGED_SELECTOR},app.kubernetes.io/instance={name}"
+        pods = [trim_pod(p) for p in self.kube.list(PODS, ns, label_selector=selector)]
+        revisions = self.kube.list(CONTROLLERREVISIONS, ns, label_selector=selector)
+        observed = planning.Observed(
+            deployment=mine(DEPLOYMENTS, name),
+            standby=mine(DEPLOYMENTS, f"{name}-standby"),
+            service=mine(SERVICES, name),
+            hpa=mine(HPAS, name),
+            pdb=mine(PDBS, name),
+            pods=tuple(pods),
+            revisions=tuple(revisions),
+            live=True,
+        )
+        return ms, observed
+
+    def execute(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        """Carry a plan out: history records first (the decision is in the cluster
+        before the writes that act on it), then children, then status and Events."""
+        ns = ms["metadata"]["namespace"]
+        name = ms["metadata"]["name"]
+        for record in p.history_applies:
+            self.store.put("ControllerRevision", self.kube.apply(record))
+            log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
+        if p.handoff is not None:
+            self.kube.handoff_replicas(p.handoff)
+        for manifest in p.applies:
+            kind = manifest["kind"]
+            child = manifest["metadata"]["name"]
+            cached = self.store.get(kind, ns, child)
+            self.refuse_foreign(ms, kind, child, cached)
+            live = self.kube.apply(manifest)
+            self.store.put(kind, live)
+            log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
+        for kind, child, uid in p.deletes:
+            if self.kube.delete(BY_KIND[kind], ns, child, uid=uid):
+                log.info("Deleted %s %s/%s (no longer wanted)", kind, ns, child)
+        for pod, uid in p.pod_deletes:
+            if self.kube.delete(PODS, ns, pod, uid=uid):
+                log.warning("Deleted stuck Pod %s/%s of MicroService %s", ns, pod, name)
+                self.store.mark_deleting("Pod", ns, pod, planning.rfc3339(utcnow()))
+        for old_record, uid in p.history_deletes:
+            if self.kube.delete(CONTROLLERREVISIONS, ns, old_record, uid=uid):
+                log.info("Deleted ControllerRevision %s/%s (superseded)", ns, old_record)
+        self.write_status(ms, p)
+        self.record(ms, p)
+
+    def refuse_foreign(
+        self, ms: dict[str, Any], kind: str, child: str, cached: dict[str, Any] | None
+    ) -> None:
+        """Refuse to take over an object of the child's name that this MicroService
+        does not control: applying with force would silently adopt and rewrite it.
+
+        Our caches only hold labelled objects, so before the first apply of a child
+        (nothing cached) we look for a same-named object the user or another tool owns.
+        """
+        meta = ms["metadata"]
+        existing = cached
+        if existing is None:
+            existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
+        if existing is not None and not controlled_by(existing, meta.get("uid", "")):
+            raise KubeError(
+                409,
+                "ChildConflict",
+                f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
+                "this MicroService; rename or delete it",
+            )
+
+    def write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        if not p.status_changed:
+            return
+        meta = ms["metadata"]
+        patch = planning.merge_patch(ms.get("status") or {}, p.status)
+        patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
+        if patched is not None:
+            self.store.put(MS_KIND, patched)
+
+    def record(self, ms: dict[str, Any], p: planning.Plan) -> None:
+        meta = ms["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        g = p.gauges
+        if g is not None:
+            self.metrics.observe(
+                ns,
+                name,
+                desired=g.desired,
+                ready=g.ready,
+                available=g.available,
+                unavailable=g.unavailable,
+                updated=g.updated,
+                healthy_ratio=g.healthy_ratio,
+                ready_flag=g.ready_flag,
+                active_track=g.active_track,
+            )
+        # After observe(): the first observe creates the counters at 0, so the very
+        # first rollback is an increase that alerts can see.
+        for reason in p.rollbacks:
+            self.metrics.rollback(ns, name, reason)
+        for reason in p.failovers:
+            self.metrics.failover(ns, name, reason)
+        if p.remediations:
+            self.metrics.remediation(ns, name, p.remediations)
+        for ev in p.events:
+            log.log(
+                logging.WARNING if ev.type == "Warning" else logging.INFO,
+                "%s MicroService %s/%s: %s",
+                ev.reason,
+                ns,
+                name,
+                ev.message,
+            )
+            self.kube.create_event(event_for(ms, ev))
+
+
+def event_for(ms: dict[str, Any], ev: planning.EventSpec) -> dict[str, Any]:
+    """A core/v1 Event about ``ms``, as ``kubectl describe ms`` shows it."""
+    meta = ms["metadata"]
+    ts = planning.rfc3339(utcnow())
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta['name']}.",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": MICROSERVICES.api_version,
+            "kind": MS_KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": ev.type,
+        "reason": ev.reason,
+        "message": ev.message[:1024],
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "count": 1,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": FIELD_MANAGER,
+    }
