@@ -29,7 +29,7 @@ from typing import Any
 
 from . import plan as planning
 from .elector import Elector
-from .execute import MANAGED_SELECTOR, MS_KIND, Executor, utcnow
+from .execute import MANAGED_SELECTOR, MS_KIND, STALE, Executor, utcnow
 from .informer import Informer, Store, ident, owner_key
 from .kube import (
     CONTROLLERREVISIONS,
@@ -92,6 +92,7 @@ class Controller:
         # Set while this replica may reconcile: always when standalone, once it
         # holds the Lease with leader election (it exits when it loses it).
         self._leading = asyncio.Event()
+        self._stopping = False
         self.confirmations = 0  # destructive plans checked against the live cluster
         self.stale_decisions = 0  # ... of which the live cluster no longer wanted
 
@@ -180,6 +181,7 @@ class Controller:
     async def stop(self) -> None:
         """Stop taking work, let in-flight reconciles finish, then hand the Lease over
         (never before: the next leader must not overlap our last writes)."""
+        self._stopping = True
         self.queue.shutdown()
         self._leading.clear()
         await cancel_all(self._tasks)
@@ -193,12 +195,15 @@ class Controller:
             inf.stop()
 
     # ------------------------------------------------------------------ leadership
-    def _guard(self, verb: str, resource: Resource) -> None:
-        """Refuse every write but the Lease's unless we hold a fresh Lease."""
+    def _guard(self, verb: str, resource: Resource) -> float | None:
+        """Refuse every write but the Lease's unless we hold a fresh Lease; allow it only
+        as long as the Lease stays ours (the write's timeout)."""
         if resource is LEASES or self.elector is None:
-            return
-        if not self.elector.is_leader():
+            return None
+        left = self.elector.validity()
+        if left <= 0.1:
             raise KubeError(0, "NotLeader", f"refused to {verb} {resource.plural}: not the leader")
+        return left
 
     def _became_leader(self) -> None:
         log.info("Reconciling as the leader (%s)", self.settings.identity)
@@ -278,8 +283,12 @@ class Controller:
                     self._forget(key)
                     continue
                 delay = await loop.run_in_executor(self.pool, self.reconcile, key)
-            except RuntimeError:  # the pool was shut down: we are stopping
-                return
+            except RuntimeError:
+                if self._stopping:  # the pool was shut down
+                    return
+                log.exception("Reconcile of %s/%s crashed", *key)
+                self.metrics.reconcile_error("Other")
+                delay = self._backoff(key)
             except Exception:  # a bug must not kill the worker; back off and retry
                 log.exception("Reconcile of %s/%s crashed", *key)
                 self.metrics.reconcile_error("Other")
@@ -347,13 +356,25 @@ class Controller:
                 if confirmed is None:
                     return None
                 ms, p = confirmed
-            self.executor.execute(ms, p)
+            try:
+                self.executor.execute(ms, p)
+            except KubeError as exc:
+                if exc.reason != STALE or (p.observed is not None and p.observed.live):
+                    raise
+                # The cache missed a child that exists: plan again from a live read.
+                log.info("Planning %s/%s again from the live cluster: %s", ns, name, exc.message)
+                confirmed = self._confirm(ms, p, key)
+                if confirmed is None:
+                    return None
+                ms, p = confirmed
+                self.executor.execute(ms, p)
         except KubeError as exc:
             if exc.namespace_terminating:
                 log.info("Skipped MicroService %s/%s: its namespace is being deleted", ns, name)
                 return None
-            if exc.reason == "NotLeader":
-                return None
+            if exc.reason in ("NotLeader", STALE):
+                return 1.0  # the Lease lapsed (the process exits if it is lost) or raced
+
             if exc.invalid:
                 reason = "ApplyFailed"
             elif exc.reason == "ChildConflict":

@@ -8,8 +8,12 @@ leaderelection package does:
   ``renew_deadline`` after it *sent* its last successful renewal (never later than
   the API server stored it). A replica may take over only ``lease_duration`` after
   it *saw* that renewal, so the old leader has stopped writing before anyone can
-  start, even with a hung or blackholed connection (every Lease request is bounded
-  by the time left before the deadline).
+  start, even with a hung or blackholed connection: every Lease request is bounded
+  by the time left before the deadline, every other write by the time left (client
+  and server-side timeout, see :meth:`validity`), and the client never retries on
+  its own. A deleted Lease is waited out like an unrenewed one.
+- **A lapse is final:** a leader that sees another holder steps down at once, and a
+  renewal answered after the deadline does not resume leadership.
 - **Expiry judged by the observer's own clock** (a monotonic one): a Lease is
   expired when its record (resourceVersion) has not changed for ``lease_duration``
   since this replica last saw it change. The holder's ``renewTime`` is never compared
@@ -36,6 +40,10 @@ from . import leader
 from .kube import LEASES, Kube, KubeError
 
 log = logging.getLogger("microservice_operator")
+
+
+_ABSENT = "<absent>"
+"""Observed record of a Lease that was deleted."""
 
 
 def _utcnow() -> datetime:
@@ -89,6 +97,15 @@ class Elector:
             at = self._renewed_at
         return at is not None and self.clock() - at < self.renew_deadline
 
+    def validity(self) -> float:
+        """Seconds this replica may still write (0 when it may not): the time left
+        before the renew deadline, used to bound every write's timeout."""
+        with self._lock:
+            at = self._renewed_at
+        if at is None:
+            return 0.0
+        return max(0.0, self.renew_deadline - (self.clock() - at))
+
     def _remaining(self) -> float:
         """Seconds left before the renew deadline (or a full deadline when acquiring)."""
         with self._lock:
@@ -105,25 +122,34 @@ class Elector:
         API or transport failure.
         """
         sent = self.clock()
+        was_leading = self._renewed_at is not None
         timeout = max(0.2, min(5.0, self._remaining()))
         lease = self.kube.get(LEASES, self.namespace, self.name, timeout=timeout)
         now = self.clock()
         if lease is None:
+            if self._observed_rv not in (None, _ABSENT):
+                # Deleted after we saw it: its holder may still be writing. Wait a
+                # full lease duration, as for an unrenewed one.
+                self._observed_rv, self._observed_at = _ABSENT, now
+            if self._observed_rv == _ABSENT and now - self._observed_at < self.lease_duration:
+                return False
             spec = leader.lease_spec("create", None, self.identity, self.wall())
             timeout = max(0.2, min(5.0, self._remaining()))
             written = self.kube.create_lease(self.namespace, self.name, spec, timeout=timeout)
-            self._won(written, sent)
-            return True
+            return self._won(written, sent, was_leading)
         rv = str(lease.get("metadata", {}).get("resourceVersion", ""))
         if rv != self._observed_rv:
             self._observed_rv, self._observed_at = rv, now
         state = leader.LeaseState.of(lease)
         if state.holder and state.holder != self.identity:
+            if was_leading:
+                self._step_down(f"the Lease names {state.holder}")
+                return False
             duration = state.duration_seconds or self.lease_duration
             if now - self._observed_at < duration:
                 return False  # held, and renewed recently by our own clock
         action: leader.Action = "renew" if state.holder == self.identity else "acquire"
-        if action == "renew" and not self.is_leader() and self._renewed_at is not None:
+        if was_leading and not self.is_leader():
             return False  # our leadership lapsed: never silently resume it
         spec = leader.lease_spec(action, state, self.identity, self.wall())
         timeout = max(0.2, min(5.0, self._remaining()))
@@ -133,16 +159,27 @@ class Elector:
             if exc.conflict:
                 return False  # another replica wrote first
             raise
-        self._won(written, sent)
-        return True
+        return self._won(written, sent, was_leading)
 
-    def _won(self, lease: dict[str, object], sent: float) -> None:
+    def _step_down(self, why: str) -> None:
+        log.warning("Stepped down: %s", why)
+        with self._lock:
+            self._renewed_at = None
+            self._lease = None
+
+    def _won(self, lease: dict[str, object], sent: float, was_leading: bool) -> bool:
+        """Record a successful write of the Lease; False if it came too late: a renewal
+        answered after the deadline passed does not resume leadership (writes were
+        refused meanwhile, and a lapse is final)."""
         meta = lease.get("metadata")
         rv = str(meta.get("resourceVersion", "")) if isinstance(meta, dict) else ""
+        self._observed_rv, self._observed_at = rv, self.clock()
+        if was_leading and not self.is_leader():
+            return False
         with self._lock:
             self._renewed_at = sent
             self._lease = lease
-        self._observed_rv, self._observed_at = rv, self.clock()
+        return True
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -173,7 +210,7 @@ class Elector:
                     return
                 self.lost = True
                 log.error(
-                    "Lost the leader Lease %s/%s: not renewed within %.0fs",
+                    "Lost the leader Lease %s/%s: not renewed within %.0fs, or taken over",
                     self.namespace,
                     self.name,
                     self.renew_deadline,

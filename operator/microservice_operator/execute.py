@@ -37,6 +37,8 @@ log = logging.getLogger("microservice_operator")
 
 MS_KIND = "MicroService"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={FIELD_MANAGER}"
+STALE = "StaleCache"
+"""KubeError reason: the plan was made from a cache that missed a child; plan again."""
 
 
 def utcnow() -> datetime:
@@ -114,18 +116,18 @@ class Executor:
         ns = ms["metadata"]["namespace"]
         name = ms["metadata"]["name"]
         for record in p.history_applies:
-            self.store.put("ControllerRevision", self.kube.apply(record))
+            self.store.put_written("ControllerRevision", self.kube.apply(record))
             log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
         if p.handoff is not None:
             self.kube.handoff_replicas(p.handoff)
         for manifest in p.applies:
             kind = manifest["kind"]
             child = manifest["metadata"]["name"]
-            cached = self.store.get(kind, ns, child)
-            self.refuse_foreign(ms, kind, child, cached)
+            seen = p.observed.find(kind, child) if p.observed is not None else None
+            self.check_unseen(ms, kind, child, seen)
             live = self.kube.apply(manifest)
-            self.store.put(kind, live)
-            log.info("%s %s %s/%s", "Created" if cached is None else "Updated", kind, ns, child)
+            self.store.put_written(kind, live)
+            log.info("%s %s %s/%s", "Created" if seen is None else "Updated", kind, ns, child)
         for kind, child, uid in p.deletes:
             if self.kube.delete(BY_KIND[kind], ns, child, uid=uid):
                 log.info("Deleted %s %s/%s (no longer wanted)", kind, ns, child)
@@ -139,26 +141,30 @@ class Executor:
         self.write_status(ms, p)
         self.record(ms, p)
 
-    def refuse_foreign(
-        self, ms: dict[str, Any], kind: str, child: str, cached: dict[str, Any] | None
+    def check_unseen(
+        self, ms: dict[str, Any], kind: str, child: str, seen: dict[str, Any] | None
     ) -> None:
-        """Refuse to take over an object of the child's name that this MicroService
-        does not control: applying with force would silently adopt and rewrite it.
+        """Before applying a child the plan did not see, look for it live.
 
-        Our caches only hold labelled objects, so before the first apply of a child
-        (nothing cached) we look for a same-named object the user or another tool owns.
+        Someone else's object of that name is refused (applying with force would
+        silently adopt and rewrite it). Our own object means the plan was made from a
+        cache that missed it, so it may be wrong (the Service's selector, the standby's
+        size): StaleCache, and the controller plans again from a live read.
         """
+        if seen is not None:
+            return
         meta = ms["metadata"]
-        existing = cached
+        existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
         if existing is None:
-            existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
-        if existing is not None and not controlled_by(existing, meta.get("uid", "")):
+            return
+        if not controlled_by(existing, meta.get("uid", "")):
             raise KubeError(
                 409,
                 "ChildConflict",
                 f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
                 "this MicroService; rename or delete it",
             )
+        raise KubeError(0, STALE, f"{kind} {meta['namespace']}/{child} exists but was not seen")
 
     def write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:
         if not p.status_changed:
@@ -167,7 +173,7 @@ class Executor:
         patch = planning.merge_patch(ms.get("status") or {}, p.status)
         patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
         if patched is not None:
-            self.store.put(MS_KIND, patched)
+            self.store.put_written(MS_KIND, patched)
 
     def record(self, ms: dict[str, Any], p: planning.Plan) -> None:
         meta = ms["metadata"]

@@ -21,6 +21,7 @@ the listing ends, so deletions missed during a reconnect can never be detected.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -77,6 +78,9 @@ class Store:
         self._by_owner: dict[str, dict[Key, set[Ident]]] = {}
         # kind -> ident -> (resourceVersion of the deletion, when it was seen)
         self._tombstones: dict[str, dict[Ident, tuple[int, float]]] = {}
+        # (kind, namespace or None for all) -> the newest resourceVersion the informer
+        # has seen: every object at or below it that exists is in the store.
+        self._watermarks: dict[tuple[str, str | None], int] = {}
 
     # ------------------------------------------------------------------ writes
     def put(self, kind: str, obj: dict[str, Any]) -> bool:
@@ -101,6 +105,28 @@ class Store:
             if owner is not None:
                 self._by_owner.setdefault(kind, {}).setdefault(owner, set()).add(i)
             return True
+
+    def advance(self, kind: str, namespace: str | None, rv: int) -> None:
+        """The informer of ``kind`` (in ``namespace``, or all) has seen everything up to
+        ``rv``."""
+        with self._lock:
+            key = (kind, namespace)
+            if rv > self._watermarks.get(key, 0):
+                self._watermarks[key] = rv
+
+    def put_written(self, kind: str, obj: dict[str, Any]) -> bool:
+        """Store the API server's answer to one of our writes, unless the informer has
+        already seen past it: then an object missing from the store was deleted in
+        between (and its deletion may even predate a relist), so a late answer must not
+        bring it back."""
+        i = ident(obj)
+        rv = resource_version(obj)
+        with self._lock:
+            known = i in self._objects.get(kind, {})
+            seen = max(self._watermarks.get((kind, i[0]), 0), self._watermarks.get((kind, None), 0))
+        if not known and 0 < rv <= seen:
+            return False
+        return self.put(kind, obj)
 
     def delete(self, kind: str, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Forget a deleted object and remember its deletion; returns what was stored.
@@ -281,8 +307,13 @@ class Informer:
             try:
                 if not self.resource_version:
                     self._list()
+                started = time.monotonic()
                 self._watch()
                 backoff = 0.0
+                if time.monotonic() - started < 1.0:
+                    # A watch the server ends at once, again and again, must not
+                    # become a busy loop of requests.
+                    self._stop.wait(1.0)
             except KubeError as exc:
                 if exc.gone:
                     log.info("Relisting %s: watch version too old", self.name)
@@ -305,6 +336,7 @@ class Informer:
         if self.synced.is_set():
             self.relists += 1
         self.resource_version = str(list_rv)
+        self.store.advance(self.kind, self.namespace, list_rv)
         self.synced.set()
         if changed:
             self.on_change(changed)
@@ -339,6 +371,7 @@ class Informer:
             if etype == "BOOKMARK":
                 if rv:
                     self.resource_version = str(rv)
+                    self._advance(rv)
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.kind)
@@ -353,5 +386,10 @@ class Informer:
                 changed = []
             if rv:
                 self.resource_version = str(rv)
+                self._advance(rv)
             if changed:
                 self.on_change(changed)
+
+    def _advance(self, rv: object) -> None:
+        with contextlib.suppress(ValueError):
+            self.store.advance(self.kind, self.namespace, int(str(rv)))

@@ -78,9 +78,11 @@ BY_KIND = {
 RequestHook = Callable[[str, str, str], None]
 """Called as hook(verb, resource plural, code) after every request."""
 
-WriteGuard = Callable[[str, "Resource"], None]
+WriteGuard = Callable[[str, "Resource"], float | None]
 """Called as guard(verb, resource) before every write; raises to refuse it (a replica
-that is not, or no longer, the leader must not write)."""
+that is not, or no longer, the leader must not write), else returns the seconds the
+write may take at most (None: no limit), so no write is still in flight when another
+replica may have taken over."""
 
 WRITE_VERBS = frozenset({"apply", "patch", "create", "update", "delete"})
 REQUEST_TIMEOUT = 30.0
@@ -160,10 +162,12 @@ def load_api_client() -> client.ApiClient:
     cfg = client.Configuration.get_default_copy()
     # Enough connections for the reconcile workers, the watches and the elector.
     cfg.connection_pool_maxsize = 32
-    # Retry only failed connects (safe for any verb); every other failure reaches the
-    # caller at once as a KubeError, which decides (the elector must see it in time).
+    # No retries inside the client: every failure reaches the caller at once as a
+    # KubeError, and the caller decides (informers and workers back off, the elector
+    # must see a failure within its renew deadline, and a write must not be re-sent
+    # after the time its guard allowed).
     cfg.retries = urllib3.Retry(
-        total=1, connect=1, read=0, redirect=0, status=0, other=0, raise_on_status=False
+        total=0, connect=0, read=0, redirect=0, status=0, other=0, raise_on_status=False
     )
     return client.ApiClient(cfg)
 
@@ -204,7 +208,12 @@ class Kube:
         timeout: float = REQUEST_TIMEOUT,
     ) -> dict[str, Any]:
         if verb in WRITE_VERBS and self.write_guard is not None:
-            self.write_guard(verb, resource)
+            allowed = self.write_guard(verb, resource)
+            if allowed is not None:
+                # The API server gives up on the request too (?timeout=), so neither
+                # side keeps it alive past what the guard allowed.
+                timeout = max(0.1, min(timeout, allowed))
+                query = [*(query or []), ("timeout", f"{max(1, int(timeout))}s")]
         resp = self._send(verb, resource, method, path, body, query, content_type, timeout)
         code = str(resp.status)
         try:
@@ -424,6 +433,8 @@ class Kube:
                 "PATCH",
                 MICROSERVICES.path(namespace, name) + "/status",
                 body={"status": status},
+                # Named, so that status fields someone else wrote can be told apart.
+                query=[("fieldManager", FIELD_MANAGER)],
                 content_type="application/merge-patch+json",
             )
         except KubeError as exc:

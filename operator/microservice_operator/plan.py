@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from . import conditions, failover, health, history, render
 from .api import FailoverState, MicroServiceSpec, MicroServiceStatus, RevisionRef
 from .diff import controlled_by, merge_patch, needs_apply, owns_replicas, with_hash
+from .settings import FIELD_MANAGER
 from .status import build_status, format_validation_error, parse_status
 
 __all__ = ["Observed", "Plan", "merge_patch", "plan", "plan_error", "plan_invalid"]
@@ -53,6 +54,14 @@ class Observed:
     pods: tuple[dict[str, Any], ...] = ()
     revisions: tuple[dict[str, Any], ...] = ()  # ControllerRevisions (history records)
     live: bool = False  # read from the API server just now, not from the caches
+
+    def find(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The observed child of a kind and name, if this observation has it."""
+        for obj in (self.deployment, self.standby, self.service, self.hpa, self.pdb):
+            meta = (obj or {}).get("metadata", {})
+            if obj is not None and obj.get("kind") == kind and meta.get("name") == name:
+                return obj
+        return None
 
     def child(self, key: str) -> dict[str, Any] | None:
         """The live child stored under a render key."""
@@ -103,6 +112,7 @@ class Plan:
     requeue_after: float | None = None
     invalid: bool = False
     destructive: list[str] = field(default_factory=list)  # what needs live confirmation
+    observed: Observed | None = None  # what it was planned from
 
     @property
     def writes(self) -> int:
@@ -211,6 +221,18 @@ def live_track(service: dict[str, Any] | None) -> str | None:
     return track if track in ("primary", "standby") else None
 
 
+def timers_written_by_others(ms: dict[str, Any]) -> str | None:
+    """The field manager other than the operator that owns failover timers in status
+    (someone patched microservices/status), or None."""
+    for entry in ms.get("metadata", {}).get("managedFields") or []:
+        if entry.get("subresource") != "status" or entry.get("manager") == FIELD_MANAGER:
+            continue
+        owned = ((entry.get("fieldsV1") or {}).get("f:status")) or {}
+        if "f:failoverState" in owned:
+            return str(entry.get("manager") or "another client")
+    return None
+
+
 def spec_changed_at(ms: dict[str, Any]) -> datetime | None:
     """When the MicroService itself (not its status) was last written, from its
     managedFields: the earliest a new revision's clock can honestly have started."""
@@ -270,6 +292,13 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     except ValidationError as exc:
         return plan_invalid(ms, format_validation_error(exc), now)
     old = parse_status(ms.get("status"))
+    state = old.failover_state or FailoverState()
+    forger = timers_written_by_others(ms)
+    if forger is not None:
+        # Timers someone else wrote may only delay decisions, never hasten them:
+        # start them afresh, and count the remediation budget as spent for a window.
+        spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
+        state = FailoverState(remediations=spent or None)
     r = _Reconcile(
         ms=ms,
         observed=observed,
@@ -279,8 +308,18 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         owner=render.Owner(name=name, namespace=namespace, uid=uid),
         generation=generation,
         records=history.read_history(list(observed.revisions), uid),
-        state=old.failover_state or FailoverState(),
+        state=state,
+        result=Plan(observed=observed),
     )
+    if forger is not None:
+        r.result.events.append(
+            EventSpec(
+                "Warning",
+                "StatusIgnored",
+                f"status.failoverState was written by {forger}, not the operator; "
+                "its timers are ignored",
+            )
+        )
     rev = _revision_phase(r)
     track, standby_ready = _traffic_phase(r, rev.assessed)
     remediation = _remediation_phase(r, rev)

@@ -190,3 +190,19 @@ def test_list_failures_are_retried_until_synced() -> None:
     assert informer.synced.is_set()
     assert recovered == [True]
     assert store.keys("Pod") == [("ns", "a")]
+
+
+def test_a_late_write_answer_cannot_resurrect_an_object_deleted_before_a_relist() -> None:
+    """DELETED at 100 while no watch ran, a relist at 120 (tombstones older than the list
+    are dropped), then the late answer to our own write (rv 95) arrives."""
+    s = Store()
+    s.put("MicroService", obj("ms", 90))
+    s.delete("MicroService", obj("ms", 100))
+    s.replace("MicroService", [], list_rv=120)
+    s.advance("MicroService", None, 120)
+    assert not s.put_written("MicroService", obj("ms", 95))
+    assert s.get("MicroService", "ns", "ms") is None
+    # A write newer than anything the informer saw is a new object: stored.
+    assert s.put_written("MicroService", obj("other", 130))
+    # And an answer for an object the store holds is just a newer version.
+    assert s.put_written("MicroService", obj("other", 131))

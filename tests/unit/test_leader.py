@@ -65,6 +65,7 @@ class LeaseServer:
         self.fail: KubeError | None = None
         self.hang = 0.0  # seconds each request "takes" (advances the clock)
         self.timeouts: list[float] = []
+        self.late = 0.0  # seconds an update's answer arrives after its timeout allowed
 
     def _maybe_fail(self, timeout: float) -> None:
         self.timeouts.append(timeout)
@@ -96,6 +97,7 @@ class LeaseServer:
             raise KubeError(409, "Conflict", "modified")
         self.rv += 1
         self.lease = {"metadata": {"resourceVersion": str(self.rv)}, "spec": spec}
+        self.clock.t += self.late
         return copy.deepcopy(self.lease)
 
 
@@ -226,3 +228,44 @@ def test_release_hands_over_at_once(server: LeaseServer) -> None:
 def test_timings_must_be_ordered(server: LeaseServer) -> None:
     with pytest.raises(ValueError, match="renew deadline"):
         elector(server, "a", renew_deadline=20.0)
+
+
+def test_a_leader_that_sees_another_holder_steps_down_at_once(server: LeaseServer) -> None:
+    a = elector(server, "a")
+    assert a.try_acquire_or_renew()
+    assert server.lease is not None
+    server.lease["spec"]["holderIdentity"] = "b"  # e.g. an operator edited it
+    server.lease["metadata"]["resourceVersion"] = "99"
+    assert not a.try_acquire_or_renew()
+    assert not a.is_leader() and a.validity() == 0
+
+
+def test_a_deleted_lease_is_waited_out_like_an_unrenewed_one(server: LeaseServer) -> None:
+    a, b = elector(server, "a"), elector(server, "b")
+    assert a.try_acquire_or_renew()
+    assert not b.try_acquire_or_renew()
+    server.lease = None  # deleted: a may still be writing for up to its deadline
+    assert not b.try_acquire_or_renew()
+    server.clock.t += 14.9
+    assert not b.try_acquire_or_renew()
+    server.clock.t += 0.2
+    assert b.try_acquire_or_renew()
+
+
+def test_a_renewal_answered_after_the_deadline_does_not_resume(server: LeaseServer) -> None:
+    a = elector(server, "a")
+    assert a.try_acquire_or_renew()
+    server.clock.t += 9.0
+    server.late = 1.5  # the renewal is stored, but its answer arrives past the deadline
+    assert not a.try_acquire_or_renew()
+    assert not a.is_leader()
+    server.late = 0.0
+    assert not a.try_acquire_or_renew()  # and it never resumes
+
+
+def test_validity_bounds_writes_by_the_time_left(server: LeaseServer) -> None:
+    a = elector(server, "a")
+    assert a.validity() == 0
+    assert a.try_acquire_or_renew()
+    server.clock.t += 7.5
+    assert a.validity() == pytest.approx(2.5)

@@ -375,3 +375,32 @@ def test_unreadable_status_fields_are_dropped_one_by_one() -> None:
     assert status.quarantined_revision == "abc"
     assert status.phase == "Running"
     assert status.active_track is None
+
+
+def test_forged_failover_timers_are_ignored_not_trusted() -> None:
+    """Someone (not the operator) wrote status.failoverState with an ancient
+    unhealthySince: a sick primary must still wait failoverAfterSeconds."""
+    spec = {**HELLO, "failover": {"standby": {"replicas": 1}, "failoverAfterSeconds": 30}}
+    obj, observed = converged(spec)
+    obj["status"]["failoverState"] = {"unhealthySince": "2000-01-01T00:00:00Z"}
+    obj["metadata"]["managedFields"] = [
+        {
+            "manager": "kubectl-patch",
+            "operation": "Update",
+            "subresource": "status",
+            "fieldsV1": {"f:status": {"f:failoverState": {"f:unhealthySince": {}}}},
+        }
+    ]
+    assert observed.deployment is not None
+    dep = copy.deepcopy(observed.deployment)
+    dep["status"].update(readyReplicas=0, availableReplicas=0)
+    sick = plan.Observed(**{**observed.__dict__, "deployment": dep})
+    p = plan.plan(obj, sick, NOW)
+    assert p.destructive == []  # no traffic switch on the forged timer
+    assert "StatusIgnored" in [e.reason for e in p.events]
+    assert p.status["failoverState"]["unhealthySince"] == "2026-11-28T12:00:00Z"  # afresh
+    # The same timer written by the operator itself is trusted.
+    obj["metadata"]["managedFields"][0]["manager"] = "microservice-operator"
+    p = plan.plan(obj, sick, NOW)
+    assert "StatusIgnored" not in [e.reason for e in p.events]
+    assert p.status["failoverState"]["unhealthySince"] == "2000-01-01T00:00:00Z"
