@@ -370,6 +370,22 @@ class Failover(Model):
     remediation_window_seconds: int = Field(
         300, ge=1, description="Window over which maxRemediationsPerWindow applies."
     )
+    pod_startup_seconds: int = Field(
+        60,
+        ge=0,
+        description="Seconds a pod has, from its creation, to become Ready before it counts "
+        "against the ready ratio (minHealthyRatio): a scale-up, manual or by the HPA, or a "
+        "replaced pod of an app that starts slowly is not an outage. Set it to the app's "
+        "worst start-up time; 0 judges every pod at once.",
+    )
+    image_error_grace_seconds: int = Field(
+        20,
+        ge=0,
+        description="Seconds a pod of a new revision may wait on an image or configuration "
+        "error (ErrImagePull, ImagePullBackOff, InvalidImageName, "
+        "CreateContainerConfigError, CreateContainerError) before the revision is rolled "
+        "back, well before progressDeadlineSeconds: such a release never starts.",
+    )
     standby: Standby | None = Field(None, description="Warm standby; none when unset.")
 
 

@@ -107,10 +107,12 @@ def decide_rollback(
     - A desired revision that reached full health with at least one replica becomes
       the last known good (``record_good``; also when its record is stale).
     - An unproven desired revision is bad when a pod of it restarted
-      unhealthyThreshold times (CrashLoop) or its deadline passed
-      (ProgressDeadlineExceeded). Then ``rollback`` if rollback is enabled and a last
-      known good of another revision exists, else ``degraded_no_rollback``, which
-      keeps applying the spec as written and changes nothing else.
+      unhealthyThreshold times (CrashLoop), waited on an image or configuration
+      error for imageErrorGraceSeconds (ImagePullError, ContainerConfigError), or its
+      deadline passed (ProgressDeadlineExceeded). Then ``rollback`` if rollback is
+      enabled and a last known good of another revision exists, else
+      ``degraded_no_rollback``, which keeps applying the spec as written and changes
+      nothing else.
     ``health`` must be assessed for ``desired_revision`` unless it is quarantined.
     """
     lkg = last_known_good
@@ -159,6 +161,12 @@ def decide_rollback(
         reason = "CrashLoop"
         problem = f"restarted {failover.unhealthy_threshold}+ times: "
         problem += ", ".join(health.over_restart_threshold)
+    elif health.image_errors:
+        reasons = sorted({r for _, r in health.image_errors})
+        pull = any("Image" in r for r in reasons)
+        reason = "ImagePullError" if pull else "ContainerConfigError"
+        pods = ", ".join(f"{n} ({r})" for n, r in health.image_errors)
+        problem = f"{'/'.join(reasons)} for {failover.image_error_grace_seconds}s+: {pods}"
     elif health.deadline_exceeded:
         reason = "ProgressDeadlineExceeded"
         problem = f"not healthy within {failover.progress_deadline_seconds}s: {health.summary}"

@@ -35,6 +35,19 @@ CRASH_REASONS = frozenset(
 )
 """Container waiting reasons that mean a pod cannot run its release."""
 
+IMAGE_ERROR_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+"""Waiting reasons of a release that cannot start at all (a typo'd tag, a missing
+Secret): no restarts ever happen, so they are judged by how long they last."""
+
 
 # --------------------------------------------------------------------------- time
 
@@ -277,6 +290,9 @@ class Health:
     deadline_exceeded: bool
     summary: str
     replicas: int = 0  # pods the Deployment counts (old ReplicaSets included)
+    starting: int = 0  # NotReady pods still within podStartupSeconds (or not created)
+    image_errors: tuple[tuple[str, str], ...] = ()  # (pod, waiting reason) past the grace
+    next_check_at: datetime | None = None  # when a pod's allowance or grace runs out
 
 
 def assess(
@@ -313,7 +329,18 @@ def assess(
     else:
         desired, ready, available, updated = 0, sum(p.ready for p in active), 0, 0
         unavailable = 0
-    ratio = 1.0 if desired <= 0 else min(ready / desired, 1.0)
+    # Judge the ready ratio on the pods that had their chance: a pod still within its
+    # start-up allowance (or not even created yet, right after a scale-up) does not
+    # count against it, so a scale-up of a slow-starting app is not an outage.
+    allowance = timedelta(seconds=failover.pod_startup_seconds)
+    young = [
+        p for p in active if not p.ready and p.created is not None and now - p.created < allowance
+    ]
+    missing = max(0, desired - len(active)) if deployment is not None else 0
+    starting = len(young) + missing
+    judged = desired - starting
+    ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready / judged, 1.0)
+    checks = [p.created + allowance for p in young if p.created is not None]
     old = [p for p in active if p.revision != revision]
     current = deployment is not None and (
         deployment.revision == revision and deployment.generation_observed
@@ -329,6 +356,14 @@ def assess(
     threshold = failover.unhealthy_threshold
     mine = [p for p in active if p.revision == revision]
     over = tuple(p.name for p in mine if p.restarts >= threshold)
+    grace = timedelta(seconds=failover.image_error_grace_seconds)
+    image_errors = []
+    for p in mine:
+        if p.waiting_reason in IMAGE_ERROR_REASONS and p.created is not None:
+            if now - p.created >= grace:
+                image_errors.append((p.name, str(p.waiting_reason)))
+            else:
+                checks.append(p.created + grace)
     crashlooping = tuple(
         p.name for p in mine if p.waiting_reason in CRASH_REASONS or p.restarts >= threshold
     )
@@ -377,6 +412,9 @@ def assess(
         deadline_exceeded=deadline_exceeded,
         summary="",
         replicas=deployment.replicas if deployment is not None else len(active),
+        starting=starting,
+        image_errors=tuple(image_errors),
+        next_check_at=min(checks, default=None),
     )
     return replace(health, summary=_summary(health, active))
 
@@ -389,6 +427,8 @@ def _summary(health: Health, active: list[PodObservation]) -> str:
     if not health.deployment_found:
         return "Deployment not found"
     parts = [f"{health.ready}/{health.desired} ready"]
+    if health.starting and health.ready < health.desired:
+        parts.append(f"{_pods(health.starting)} starting")
     reasons = Counter(p.waiting_reason for p in active if p.waiting_reason in CRASH_REASONS)
     parts += [f"{_pods(n)} {r}" for r, n in sorted(reasons.items(), key=lambda kv: str(kv[0]))]
     if health.stuck:

@@ -602,4 +602,7 @@ def _status_phase(
         # Re-check at the rollout deadline even if no event arrives by then; once it
         # has passed, events (not a timer) drive further reconciles.
         waits.append(max(0.5, (assessed.deadline_at - r.now).total_seconds() + 0.05))
+    if assessed.next_check_at is not None and assessed.next_check_at > r.now:
+        # A start-up allowance or an image-error grace runs out then.
+        waits.append(max(0.5, (assessed.next_check_at - r.now).total_seconds() + 0.05))
     result.requeue_after = min(waits) if waits else None

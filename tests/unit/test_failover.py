@@ -900,3 +900,19 @@ def test_remediation_message_names_pods() -> None:
     assert d.message == (
         "2/3 pods not ready at once: likely a dependency outage; deleting pods would not help."
     )
+
+
+@pytest.mark.parametrize(
+    ("errors", "reason"),
+    [
+        ((("p3", "ImagePullBackOff"),), "ImagePullError"),
+        ((("p3", "CreateContainerConfigError"),), "ContainerConfigError"),
+    ],
+)
+def test_image_and_config_errors_roll_back_before_the_deadline(
+    errors: tuple[tuple[str, str], ...], reason: str
+) -> None:
+    d = rollback(h=health(image_errors=errors))
+    assert (d.action, d.reason, d.revision) == ("rollback", reason, V1)
+    assert errors[0][1] in d.message and "20s" in d.message  # the waiting reason, the grace
+    assert d.quarantine is not None and d.quarantine.reason == reason

@@ -526,11 +526,53 @@ def test_assess_rollout_progress(
     ],
 )
 def test_assess_ratio(desired: int, ready: int, ratio: float, healthy: bool) -> None:
+    pods = [pod(f"p{i}", ready=i < ready) for i in range(max(desired, ready))]
     h = assess(
-        dep(desired=desired, ready=ready), [], Failover(), NOW, revision=REV, revision_since=NOW
+        dep(desired=desired, ready=ready), pods, Failover(), NOW, revision=REV, revision_since=NOW
     )
     assert h.ratio == pytest.approx(ratio)
     assert h.healthy is healthy
+
+
+def test_pods_within_their_startup_allowance_do_not_count_against_the_ratio() -> None:
+    """A scale-up from 2 to 10 of an app that takes a minute to start: 2 ready, 6
+    starting (created 10 s ago), 2 not created yet. Healthy; and once the allowance is
+    over, the pods still not ready count."""
+    fo = Failover(podStartupSeconds=60)
+    young = NOW - timedelta(seconds=10)
+    pods = [pod("a"), pod("b")] + [pod(f"n{i}", ready=False, created=young) for i in range(6)]
+    h = assess(dep(desired=10, ready=2), pods, fo, NOW, revision=REV, revision_since=T0)
+    assert (h.starting, h.ratio, h.healthy) == (8, 1.0, True)
+    assert h.next_check_at == young + timedelta(seconds=60)
+    later = NOW + timedelta(seconds=55)
+    pods += [pod(f"m{i}", ready=False, created=later) for i in range(2)]
+    h = assess(
+        dep(desired=10, ready=2),
+        pods,
+        fo,
+        later + timedelta(seconds=10),
+        revision=REV,
+        revision_since=T0,
+    )
+    assert h.starting == 2 and h.ratio == pytest.approx(2 / 8) and not h.healthy
+    assert "2 pods starting" in h.summary
+
+
+@pytest.mark.parametrize(
+    ("reason", "age", "flagged"),
+    [
+        ("ErrImagePull", 25, True),
+        ("ImagePullBackOff", 25, True),
+        ("CreateContainerConfigError", 25, True),
+        ("ImagePullBackOff", 5, False),  # still within the grace
+        ("ContainerCreating", 25, False),  # a slow pull is not an error
+    ],
+)
+def test_image_and_config_errors_past_the_grace(reason: str, age: int, flagged: bool) -> None:
+    fo = Failover(imageErrorGraceSeconds=20)
+    p = pod("x", ready=False, waiting_reason=reason, created=NOW - timedelta(seconds=age))
+    h = assess(dep(desired=1, ready=0), [p], fo, NOW, revision=REV, revision_since=NOW)
+    assert h.image_errors == ((("x", reason),) if flagged else ())
 
 
 def test_assess_scaled_to_zero_is_fully_healthy() -> None:
