@@ -371,12 +371,14 @@ class Failover(Model):
         300, ge=1, description="Window over which maxRemediationsPerWindow applies."
     )
     pod_startup_seconds: int = Field(
-        60,
+        0,
         ge=0,
         description="Seconds a pod has, from its creation, to become Ready before it counts "
-        "against the ready ratio (minHealthyRatio): a scale-up, manual or by the HPA, or a "
-        "replaced pod of an app that starts slowly is not an outage. Set it to the app's "
-        "worst start-up time; 0 judges every pod at once.",
+        "against the ready ratio (minHealthyRatio), and pods a scale-up has not created yet "
+        "do not count either: a scale-up, manual or by the HPA, of an app that starts "
+        "slowly is then not an outage. Set it to the app's worst start-up time. 0 (the "
+        "default) judges every pod at once. A pod that turns NotReady within this time of "
+        "its creation is not counted either, so keep it no longer than needed.",
     )
     image_error_grace_seconds: int = Field(
         20,

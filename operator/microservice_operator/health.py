@@ -336,7 +336,7 @@ def assess(
     young = [
         p for p in active if not p.ready and p.created is not None and now - p.created < allowance
     ]
-    missing = max(0, desired - len(active)) if deployment is not None else 0
+    missing = max(0, desired - len(active)) if deployment is not None and allowance else 0
     starting = len(young) + missing
     judged = desired - starting
     ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready / judged, 1.0)
