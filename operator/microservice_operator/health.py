@@ -291,6 +291,7 @@ class Health:
     summary: str
     replicas: int = 0  # pods the Deployment counts (old ReplicaSets included)
     starting: int = 0  # NotReady pods still within podStartupSeconds (or not created)
+    current: bool = False  # the Deployment runs this revision at its current generation
     image_errors: tuple[tuple[str, str], ...] = ()  # (pod, waiting reason) past the grace
     next_check_at: datetime | None = None  # when a pod's allowance or grace runs out
 
@@ -413,6 +414,7 @@ def assess(
         summary="",
         replicas=deployment.replicas if deployment is not None else len(active),
         starting=starting,
+        current=bool(current),
         image_errors=tuple(image_errors),
         next_check_at=min(checks, default=None),
     )

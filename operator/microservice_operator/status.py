@@ -73,9 +73,10 @@ def build_status(
     # A revision that already proved itself (it is the last known good) stays Ready
     # while enough of its pods are (an HPA scale-up, a pod restart or a node drain is
     # not an outage); a new revision is Ready only once fully rolled out and healthy.
-    proven = (
-        assessed.rolled_out and proven_revision is not None and proven_revision == assessed.revision
-    )
+    # A scale-up (manual or HPA) of a proven revision is no rollout: it stays Ready
+    # while enough pods are, even before the new ones are counted as updated.
+    settled = assessed.rolled_out or (assessed.current and assessed.old_revision_pods == 0)
+    proven = settled and proven_revision is not None and proven_revision == assessed.revision
     serving = assessed.fully_healthy or (proven and assessed.healthy)
     rolling = dep is None or (not assessed.rolled_out and not bad)
 
