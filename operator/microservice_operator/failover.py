@@ -144,6 +144,8 @@ def decide_rollback(
             return out("degraded_no_rollback", quarantine.reason, msg)
         msg = f"{name} is quarantined ({quarantine.reason}); running last known good revision "
         msg += f"{lkg.revision} ({lkg.image}) until the spec changes."
+        if quarantine.message:
+            msg += f" Why: {quarantine.message}"
         return out("stay_rolled_back", quarantine.reason, msg, lkg)
     if health.revision != desired_revision:
         raise ValueError(f"health is for revision {health.revision}, not {desired_revision}")
