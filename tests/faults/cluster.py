@@ -9,6 +9,8 @@ import yaml
 from kubernetes import client
 
 from tests.integration.operator_fixtures import kubectl
+from tests.integration.test_reconcile import cond as condition  # re-exported
+from tests.integration.test_reconcile import get_ms  # noqa: F401 - re-exported
 
 GROUP, VERSION, PLURAL = "mso.dev", "v1alpha1", "microservices"
 MANAGED = "app.kubernetes.io/managed-by=microservice-operator"
@@ -52,20 +54,6 @@ def list_ms(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
         GROUP, VERSION, namespace, PLURAL
     )["items"]
     return items
-
-
-def get_ms(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return obj
-
-
-def condition(ms: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for c in (ms.get("status") or {}).get("conditions") or []:
-        if c["type"] == ctype:
-            return dict(c)
-    return None
 
 
 def is_ready(ms: dict[str, Any]) -> bool:

@@ -44,7 +44,8 @@ def web(image: str, **extra: Any) -> dict[str, Any]:
     return microservice("web", image, replicas=3, **{**FAILOVER, **extra})
 
 
-def wipe_status(kubeconfig: Path, namespace: str) -> None:
+def patch_web_status(kubeconfig: Path, namespace: str, kind: str, patch: Any) -> None:
+    """Patch the status subresource as a user allowed to would (kubectl)."""
     kubectl(
         kubeconfig,
         "patch",
@@ -53,25 +54,18 @@ def wipe_status(kubeconfig: Path, namespace: str) -> None:
         "microservices.mso.dev",
         "web",
         "--subresource=status",
-        "--type=json",
+        f"--type={kind}",
         "-p",
-        json.dumps([{"op": "remove", "path": "/status"}]),
+        json.dumps(patch),
     )
+
+
+def wipe_status(kubeconfig: Path, namespace: str) -> None:
+    patch_web_status(kubeconfig, namespace, "json", [{"op": "remove", "path": "/status"}])
 
 
 def patch_status(kubeconfig: Path, namespace: str, status: dict[str, Any]) -> None:
-    kubectl(
-        kubeconfig,
-        "patch",
-        "-n",
-        namespace,
-        "microservices.mso.dev",
-        "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+    patch_web_status(kubeconfig, namespace, "merge", {"status": status})
 
 
 def selector_track(api: client.ApiClient, namespace: str) -> str:
