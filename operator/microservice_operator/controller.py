@@ -93,8 +93,6 @@ class Controller:
         # holds the Lease with leader election (it exits when it loses it).
         self._leading = asyncio.Event()
         self._stopping = False
-        self.confirmations = 0  # destructive plans checked against the live cluster
-        self.stale_decisions = 0  # ... of which the live cluster no longer wanted
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -327,10 +325,8 @@ class Controller:
             return None
         ms_live, observed = live
         fresh = planning.plan(ms_live, observed, utcnow())
-        self.confirmations += 1
         dropped = [d for d in p.destructive if d not in fresh.destructive]
         if dropped:
-            self.stale_decisions += 1
             log.warning(
                 "Did not %s for MicroService %s/%s: the live cluster no longer calls for it "
                 "(the cache was behind)",

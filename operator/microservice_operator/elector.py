@@ -85,7 +85,6 @@ class Elector:
         self._renewed_at: float | None = None  # when the last successful write was sent
         self._observed_rv: str | None = None
         self._observed_at: float = 0.0
-        self._lease: dict[str, object] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
@@ -165,7 +164,6 @@ class Elector:
         log.warning("Stepped down: %s", why)
         with self._lock:
             self._renewed_at = None
-            self._lease = None
 
     def _won(self, lease: dict[str, object], sent: float, was_leading: bool) -> bool:
         """Record a successful write of the Lease; False if it came too late: a renewal
@@ -178,7 +176,6 @@ class Elector:
             return False
         with self._lock:
             self._renewed_at = sent
-            self._lease = lease
         return True
 
     # ------------------------------------------------------------------ loop

@@ -10,6 +10,7 @@ reconcile and handles leadership, caches and workers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,40 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _observation(
+    ms: dict[str, Any],
+    name: str,
+    fetch: Callable[[Resource, str], dict[str, Any] | None],
+    *,
+    pods: list[dict[str, Any]],
+    revisions: list[dict[str, Any]],
+    live: bool,
+) -> planning.Observed:
+    """The children of ``ms`` as ``fetch`` (the caches or the API server) has them.
+
+    A same-named child with another controller (e.g. a MicroService deleted and
+    re-created while the GC catches up) counts as absent; the apply path checks it.
+    """
+    uid = ms.get("metadata", {}).get("uid", "")
+
+    def mine(res: Resource, obj_name: str) -> dict[str, Any] | None:
+        obj = fetch(res, obj_name)
+        if obj is None or (uid and not controlled_by(obj, uid)):
+            return None
+        return obj
+
+    return planning.Observed(
+        deployment=mine(DEPLOYMENTS, name),
+        standby=mine(DEPLOYMENTS, f"{name}-standby"),
+        service=mine(SERVICES, name),
+        hpa=mine(HPAS, name),
+        pdb=mine(PDBS, name),
+        pods=tuple(pods),
+        revisions=tuple(revisions),
+        live=live,
+    )
+
+
 class Executor:
     """Observes a MicroService (cached or live) and executes its plans."""
 
@@ -58,24 +93,13 @@ class Executor:
         """What the caches hold for a MicroService."""
         ns, name = key
         ms = self.store.get(MS_KIND, ns, name) or {}
-        uid = ms.get("metadata", {}).get("uid", "")
-
-        def mine(kind: str, obj_name: str) -> dict[str, Any] | None:
-            obj = self.store.get(kind, ns, obj_name)
-            if obj is not None and uid and not controlled_by(obj, uid):
-                # Same name, another owner (e.g. a MicroService deleted and re-created
-                # while the GC catches up): treat as absent; the create path checks.
-                return None
-            return obj
-
-        return planning.Observed(
-            deployment=mine("Deployment", name),
-            standby=mine("Deployment", f"{name}-standby"),
-            service=mine("Service", name),
-            hpa=mine("HorizontalPodAutoscaler", name),
-            pdb=mine("PodDisruptionBudget", name),
-            pods=tuple(self.store.owned("Pod", key)),
-            revisions=tuple(self.store.owned("ControllerRevision", key)),
+        return _observation(
+            ms,
+            name,
+            lambda res, obj_name: self.store.get(res.kind, ns, obj_name),
+            pods=self.store.owned("Pod", key),
+            revisions=self.store.owned("ControllerRevision", key),
+            live=False,
         )
 
     def read_live(self, key: Key) -> tuple[dict[str, Any], planning.Observed] | None:
@@ -85,30 +109,18 @@ class Executor:
         ms = self.kube.get(MICROSERVICES, ns, name)
         if ms is None:
             return None
-        uid = ms.get("metadata", {}).get("uid", "")
 
-        def mine(res: Resource, obj_name: str) -> dict[str, Any] | None:
+        def fetch(res: Resource, obj_name: str) -> dict[str, Any] | None:
             obj = self.kube.get(res, ns, obj_name)
-            if obj is None or (uid and not controlled_by(obj, uid)):
-                return None
-            obj.setdefault("apiVersion", res.api_version)
-            obj.setdefault("kind", res.kind)
+            if obj is not None:
+                obj.setdefault("apiVersion", res.api_version)
+                obj.setdefault("kind", res.kind)
             return obj
 
         selector = f"{MANAGED_SELECTOR},app.kubernetes.io/instance={name}"
         pods = [trim_pod(p) for p in self.kube.list(PODS, ns, label_selector=selector)]
         revisions = self.kube.list(CONTROLLERREVISIONS, ns, label_selector=selector)
-        observed = planning.Observed(
-            deployment=mine(DEPLOYMENTS, name),
-            standby=mine(DEPLOYMENTS, f"{name}-standby"),
-            service=mine(SERVICES, name),
-            hpa=mine(HPAS, name),
-            pdb=mine(PDBS, name),
-            pods=tuple(pods),
-            revisions=tuple(revisions),
-            live=True,
-        )
-        return ms, observed
+        return ms, _observation(ms, name, fetch, pods=pods, revisions=revisions, live=True)
 
     def execute(self, ms: dict[str, Any], p: planning.Plan) -> None:
         """Carry a plan out: history records first (the decision is in the cluster

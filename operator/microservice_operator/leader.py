@@ -25,7 +25,7 @@ RENEW_DEADLINE_SECONDS = 10.0
 RETRY_PERIOD_SECONDS = 2.0
 """How often the holder renews and a standby checks."""
 
-Action = Literal["create", "renew", "acquire", "wait"]
+Action = Literal["create", "renew", "acquire"]
 
 
 def micro_time(now: datetime) -> str:

@@ -30,7 +30,6 @@ class Settings:
     lease_name: str = "microservice-operator"
     lease_namespace: str = "mso-system"
     identity: str = ""
-    resync_seconds: float = 300.0
 
     @property
     def clusterwide(self) -> bool:

@@ -9,7 +9,6 @@ must not make any pod run another image. Decisions live where tenants cannot wri
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from tests.faults.cluster import (
     quarantine_records,
 )
 from tests.faults.supervise import Fleet
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import holds_for, wait_for
 from tests.integration.operator_fixtures import kubectl
 from tests.integration.test_failover import all_ready, pods, set_ready
 
@@ -71,14 +70,6 @@ def patch_status(kubeconfig: Path, namespace: str, status: dict[str, Any]) -> No
 def selector_track(api: client.ApiClient, namespace: str) -> str:
     svc = client.CoreV1Api(api).read_namespaced_service("web", namespace)
     return str(svc.spec.selector.get("mso.dev/track"))
-
-
-def watch_for(seconds: float, check: Any) -> None:
-    """Assert ``check()`` holds at every poll over an observation window."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        check()
-        time.sleep(0.25)
 
 
 def rolled_back(kubeconfig: Path, api: client.ApiClient, namespace: str) -> str:
@@ -130,7 +121,7 @@ def test_wiped_status_while_failed_over_keeps_traffic_on_the_standby(
     def on_standby() -> None:
         assert selector_track(kube_api, namespace) == "standby"
 
-    watch_for(15, on_standby)  # longer than failbackAfterSeconds
+    holds_for(15, on_standby)  # longer than failbackAfterSeconds
     ms = get_ms(kube_api, namespace, "web")
     assert ms["status"]["activeTrack"] == "standby"  # reported again, from the Service
     assert [e for e in decision_events(kube_api, namespace) if "FailedBack" in e] == []
@@ -155,7 +146,7 @@ def test_wiped_status_while_quarantined_does_not_redeploy_the_bad_revision(
         assert dep.spec.template.spec.containers[0].image == "hello:1"
         assert dep.metadata.generation == generation
 
-    watch_for(10, still_v1)
+    holds_for(10, still_v1)
     ms = wait_for(
         lambda: (
             (m := get_ms(kube_api, namespace, "web")).get("status", {}).get("quarantinedRevision")
@@ -214,7 +205,7 @@ def test_forged_status_never_runs_the_forged_image(
         assert "evil:latest" not in pod_images(kube_api, namespace)
         assert "evil:latest" not in images(kube_api, namespace).values()
 
-    watch_for(15, clean)
+    holds_for(15, clean)
     wait_for(lambda: images(kube_api, namespace).get("web") == "hello:2", timeout=30)
     assert decision_events(kube_api, namespace) == []
     assert quarantine_records(kube_api, namespace) == []
@@ -287,8 +278,11 @@ def test_a_failed_write_after_the_rollback_decision_keeps_the_quarantine(
             message="the refused write reported",
         )
         assert "refused" in condition(ms, "Ready")["message"]  # type: ignore[index]
-        time.sleep(5)  # a few more refused retries
-        assert images(kube_api, namespace)["web"] == "hello:crashloop"
+
+        def refused() -> None:  # over a few more refused retries
+            assert images(kube_api, namespace)["web"] == "hello:crashloop"
+
+        holds_for(5, refused)
     finally:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
             kubectl(kubeconfig, "delete", kind, name, "--ignore-not-found")
@@ -299,7 +293,7 @@ def test_a_failed_write_after_the_rollback_decision_keeps_the_quarantine(
     def no_loop() -> None:
         assert images(kube_api, namespace)["web"] == "hello:1"
 
-    watch_for(10, no_loop)
+    holds_for(10, no_loop)
     ms = get_ms(kube_api, namespace, "web")
     assert condition(ms, "RolledBack")["status"] == "True"  # type: ignore[index]
     # One Event, when the rollback really happened (not when it was refused).

@@ -43,6 +43,15 @@ def wait_for(
         time.sleep(interval)
 
 
+def holds_for(seconds: float, check: Callable[[], object], interval: float = 0.25) -> None:
+    """Runs ``check`` (which asserts) again and again over an observation window: for
+    what must *not* happen, where there is no condition to wait for."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        check()
+        time.sleep(interval)
+
+
 def condition(obj: Any, ctype: str) -> Any:
     """The condition of type `ctype` from a kubernetes-client object's status, or None."""
     for cond in getattr(obj.status, "conditions", None) or []:

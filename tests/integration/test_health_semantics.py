@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import holds_for, wait_for
 from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess
 from tests.integration.test_failover import all_ready, events, hello, image_of
@@ -73,16 +73,15 @@ def test_a_scale_up_of_a_slow_starting_app_is_not_an_outage(
 
     kubectl(kubeconfig, "scale", "-n", namespace, "microservices.mso.dev/web", "--replicas=6")
     core = client.CoreV1Api(kube_api)
-    deadline = time.monotonic() + 30  # longer than failoverAfterSeconds, within the allowance
-    while time.monotonic() < deadline:
-        ms = get_ms(kube_api, namespace, "web")
-        ready = cond(ms, "Ready")
+
+    def ready_on_primary() -> None:
+        ready = cond(get_ms(kube_api, namespace, "web"), "Ready")
         assert ready is not None and ready["status"] == "True", ready
-        assert (
-            core.read_namespaced_service("web", namespace).spec.selector["mso.dev/track"]
-            == "primary"
-        )
-        time.sleep(1)
+        svc = core.read_namespaced_service("web", namespace)
+        assert svc.spec.selector["mso.dev/track"] == "primary"
+
+    # Longer than failoverAfterSeconds, within the start-up allowance.
+    holds_for(30, ready_on_primary, interval=1)
     assert not events(kube_api, namespace, "web", "FailedOver")
     wait_for(
         lambda: all_ready(
