@@ -192,7 +192,9 @@ class ServiceSpec(Model):
 
 class Autoscaling(Model):
     """A HorizontalPodAutoscaler (autoscaling/v2). While set, the HPA owns the replica
-    count and spec.replicas is ignored."""
+    count and spec.replicas is ignored. It scales the track that carries traffic: the
+    primary, or the standby while failed over. Removing it keeps the replica count the
+    HPA reached unless spec.replicas is set."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -309,7 +311,11 @@ class SecurityContext(Model):
 
 class Standby(Model):
     """A warm standby Deployment (<name>-standby) on the same pod template; the Service
-    moves to it when the primary is unhealthy."""
+    moves to it when the primary is unhealthy. It has its own PodDisruptionBudget
+    (<name>-standby): spec.availability while it carries traffic (maxUnavailable 1
+    without one), maxUnavailable 1 while idle. While it carries traffic the
+    HorizontalPodAutoscaler (spec.autoscaling) scales the standby instead of the idle
+    primary."""
 
     replicas: int = Field(1, ge=1, description="Replicas the standby keeps warm.")
     node_selector: StringMap | None = Field(
@@ -388,7 +394,19 @@ class Failover(Model):
         "CreateContainerConfigError, CreateContainerError) before the revision is rolled "
         "back, well before progressDeadlineSeconds: such a release never starts.",
     )
-    standby: Standby | None = Field(None, description="Warm standby; none when unset.")
+    remediate_single_replica: bool = Field(
+        True,
+        description="Also replace the pod of a single-replica service when it is stuck "
+        "NotReady for podUnhealthySeconds (it serves nothing meanwhile; the budget "
+        "maxRemediationsPerWindow still applies). With two or more replicas, stuck pods "
+        "are replaced only while at least half are ready (more looks like a dependency "
+        "outage). Set false when a restart costs more than waiting, e.g. a long warm-up.",
+    )
+    standby: Standby | None = Field(
+        None,
+        description="Warm standby; none when unset. Removing it while it carries traffic "
+        "keeps traffic (and the standby) until the primary is healthy again.",
+    )
 
 
 class MicroServiceSpec(Model):
@@ -420,11 +438,13 @@ class MicroServiceSpec(Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy; Kubernetes' default when unset."
     )
-    replicas: int = Field(
-        1,
+    replicas: int | None = Field(
+        None,
         ge=0,
         description="Desired pods. Ignored while spec.autoscaling is set (the HPA owns it). "
-        "`kubectl scale ms/NAME` sets it.",
+        "`kubectl scale ms/NAME` sets it. When unset, the Deployment keeps the count it "
+        "has (1 for a new one): turning autoscaling off keeps the replicas the HPA had "
+        "reached instead of resetting them.",
     )
     command: list[str] | None = Field(None, description="Entrypoint override.")
     args: list[str] | None = Field(None, description="Arguments to the entrypoint.")

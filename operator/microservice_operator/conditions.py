@@ -12,7 +12,16 @@ from collections.abc import Iterable, Sequence
 from .api import Condition, ConditionStatus
 
 # The order conditions appear in status: most useful first.
-ORDER = ("Ready", "Progressing", "Degraded", "FailedOver", "RolledBack", "Reconciling", "Stalled")
+ORDER = (
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "FailedOver",
+    "RolledBack",
+    "Paused",
+    "Reconciling",
+    "Stalled",
+)
 
 
 def find(conditions: Iterable[Condition] | None, type_: str) -> Condition | None:

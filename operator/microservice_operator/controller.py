@@ -46,7 +46,7 @@ from .kube import (
 )
 from .metrics import OperatorMetrics
 from .settings import Settings
-from .workqueue import Key, WorkQueue, cancel_all
+from .workqueue import Key, Pacer, WorkQueue, cancel_all
 
 log = logging.getLogger("microservice_operator")
 
@@ -83,6 +83,7 @@ class Controller:
         self.queue = WorkQueue()
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
         self.executor = Executor(kube, self.store, metrics)
+        self.pacer = Pacer(settings.template_refreshes_per_minute)
         self.informers: list[Informer] = []
         self.elector: Elector | None = None
         self._exit = exit_process
@@ -316,7 +317,7 @@ class Controller:
         return delay
 
     def _confirm(
-        self, ms: dict[str, Any], p: planning.Plan, key: Key
+        self, ms: dict[str, Any], p: planning.Plan, key: Key, *, refresh: bool
     ) -> tuple[dict[str, Any], planning.Plan] | None:
         """Plan again from the live cluster; returns what to execute (None: MS gone)."""
         started = time.monotonic()
@@ -324,7 +325,7 @@ class Controller:
         if live is None:
             return None
         ms_live, observed = live
-        fresh = planning.plan(ms_live, observed, utcnow())
+        fresh = planning.plan(ms_live, observed, utcnow(), refresh=refresh)
         dropped = [d for d in p.destructive if d not in fresh.destructive]
         if dropped:
             log.warning(
@@ -345,10 +346,21 @@ class Controller:
     def _reconcile(self, ms: dict[str, Any], key: Key) -> float | None:
         ns, name = key
         now = utcnow()
-        p = planning.plan(ms, self.executor.observed(key), now)
+        observed = self.executor.observed(key)
+        p = planning.plan(ms, observed, now, refresh=False)
+        refresh = False
+        if p.stale_templates and self.pacer.take(time.monotonic()):
+            # This one's turn for the new rendering (see Settings.template_refreshes...).
+            refresh = True
+            p = planning.plan(ms, observed, now, refresh=True)
+            log.info(
+                "Rolling out this operator version's rendering of %s in %s",
+                ", ".join(p.stale_templates),
+                ns,
+            )
         try:
             if p.destructive:
-                confirmed = self._confirm(ms, p, key)
+                confirmed = self._confirm(ms, p, key, refresh=refresh)
                 if confirmed is None:
                     return None
                 ms, p = confirmed
@@ -359,7 +371,7 @@ class Controller:
                     raise
                 # The cache missed a child that exists: plan again from a live read.
                 log.info("Planning %s/%s again from the live cluster: %s", ns, name, exc.message)
-                confirmed = self._confirm(ms, p, key)
+                confirmed = self._confirm(ms, p, key, refresh=refresh)
                 if confirmed is None:
                     return None
                 ms, p = confirmed
@@ -392,4 +404,10 @@ class Controller:
         self._failures.pop(key, None)
         if p.invalid and p.events:  # counted once per new problem, not per pod event
             self.metrics.reconcile_error("InvalidSpec")
+        if p.stale_templates and not refresh:
+            turn = self.pacer.wait(time.monotonic())
+            if turn is not None:
+                # Look again when the pace allows another rendering change.
+                again = max(1.0, turn + 0.5)
+                return again if p.requeue_after is None else min(p.requeue_after, again)
         return p.requeue_after

@@ -134,3 +134,52 @@ def controlled_by(obj: dict[str, Any], uid: str) -> bool:
     """Whether ``obj`` has a controller ownerReference to the object with ``uid``."""
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def owned_fields(obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    """The fieldsV1 set ``manager`` applied on ``obj`` (empty when it applied nothing)."""
+    for entry in obj.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply":
+            fields: dict[str, Any] = entry.get("fieldsV1") or {}
+            return fields
+    return {}
+
+
+def extract(value: Any, fields: dict[str, Any]) -> Any:
+    """The part of ``value`` a fieldsV1 set names, as client-go's ``Extract<Kind>``
+    builds an apply configuration from a live object: applying it again claims the
+    same fields with the values they have now, so it changes nothing.
+
+    fieldsV1 keys: ``f:<name>`` a map field, ``k:<json>`` the list item with those
+    key fields, ``v:<json>`` a set item, ``i:<n>`` a list index, ``.`` the node
+    itself. A node without children is owned whole.
+    """
+    children = {k: v for k, v in fields.items() if k != "."}
+    if not children:
+        return json.loads(json.dumps(value))
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in children.items():
+            if key.startswith("f:") and key[2:] in value:
+                out[key[2:]] = extract(value[key[2:]], sub or {})
+        return out
+    if isinstance(value, list):
+        items: list[Any] = []
+        for item_index, item in enumerate(value):
+            for key, sub in children.items():
+                if _names_item(key, item, item_index):
+                    items.append(extract(item, sub or {}))
+                    break
+        return items
+    return value
+
+
+def _names_item(key: str, item: Any, index: int) -> bool:
+    if key.startswith("k:") and isinstance(item, dict):
+        wanted = json.loads(key[2:])
+        return all(item.get(k) == v for k, v in wanted.items())
+    if key.startswith("v:"):
+        return bool(json.loads(key[2:]) == item)
+    if key.startswith("i:"):
+        return key[2:] == str(index)
+    return False

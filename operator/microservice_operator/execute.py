@@ -75,6 +75,7 @@ def _observation(
         service=mine(SERVICES, name),
         hpa=mine(HPAS, name),
         pdb=mine(PDBS, name),
+        standby_pdb=mine(PDBS, f"{name}-standby"),
         pods=tuple(pods),
         revisions=tuple(revisions),
         live=live,
@@ -130,8 +131,8 @@ class Executor:
         for record in p.history_applies:
             self.store.put_written("ControllerRevision", self.kube.apply(record))
             log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
-        if p.handoff is not None:
-            self.kube.handoff_replicas(p.handoff)
+        for deployment in p.handoffs:
+            self.kube.handoff_replicas(deployment)
         for manifest in p.applies:
             kind = manifest["kind"]
             child = manifest["metadata"]["name"]
@@ -152,6 +153,11 @@ class Executor:
                 log.info("Deleted ControllerRevision %s/%s (superseded)", ns, old_record)
         self.write_status(ms, p)
         self.record(ms, p)
+        # Last: a request annotation is removed only once what it asked for is done.
+        for key, value in p.handled_annotations:
+            patched = self.kube.remove_annotation(MICROSERVICES, ns, name, key, value)
+            if patched is not None:
+                self.store.put_written(MS_KIND, patched)
 
     def check_unseen(
         self, ms: dict[str, Any], kind: str, child: str, seen: dict[str, Any] | None

@@ -233,6 +233,7 @@ def decide_track(
     standby_replicas_needed: int,
     failover: Failover,
     now: datetime,
+    failback_requested: bool = False,
 ) -> TrackDecision:
     """Move traffic to the warm standby when the primary stays sick, back when it
     stays well, with hysteresis so a flapping primary cannot make traffic flap.
@@ -247,15 +248,28 @@ def decide_track(
     - On standby, after failbackAfterSeconds healthy: switch back and scale the standby
       to standby.replicas. Also back, at once, when the standby has no ready pod left
       and the primary has some.
-    - Without a standby: always primary, timers cleared once, standby_replicas 0.
+    - ``failback_requested`` (the ``mso.dev/failback`` annotation): back at once,
+      without waiting failbackAfterSeconds, if the primary is healthy.
+    - Without a standby: primary, timers cleared once, standby_replicas 0. Except
+      when the standby was removed from the spec while it carried traffic and still
+      has ready pods: traffic stays there until the primary is healthy.
     """
     state = new_state = state or FailoverState()
     current: Track = "standby" if active_track == "standby" else "primary"
     track: Track = "primary"
     wait: float | None = None
     if not standby_configured or failover.standby is None:
-        size, msg = 0, "No standby configured."
-        reason = "StandbyRemoved" if current == "standby" else "NoStandby"
+        size, msg, reason = 0, "No standby configured.", "NoStandby"
+        ratio = f"primary {health.ready}/{health.desired} ready"
+        if current == "standby" and standby_ready > 0 and not health.healthy:
+            track, reason = "standby", "StandbyRemoved"
+            msg = (
+                "spec.failover.standby was removed while the standby carries traffic; "
+                f"traffic moves back once the primary is healthy ({ratio}, needs "
+                f"{failover.min_healthy_ratio:g})."
+            )
+        elif current == "standby":
+            reason, msg = "StandbyRemoved", f"Standby removed; traffic back on the {ratio}."
         if state.unhealthy_since is not None or state.healthy_since is not None:
             new_state = state.model_copy(update={"unhealthy_since": None, "healthy_since": None})
     else:
@@ -288,7 +302,10 @@ def decide_track(
             left = None
             if healthy_since is not None:
                 left = failover.failback_after_seconds - (now - healthy_since).total_seconds()
-            if left is not None and left <= 0:
+            if failback_requested and health.healthy:
+                size, reason = base, "FailbackRequested"
+                msg = f"{ratio}; traffic back on request (mso.dev/failback)."
+            elif left is not None and left <= 0:
                 size, reason = base, "PrimaryRecovered"
                 msg = f"{ratio}, healthy for {failover.failback_after_seconds}s+; traffic back."
             elif standby_ready == 0 and health.ready > 0:
@@ -346,9 +363,11 @@ def decide_remediation(
     In order: disabled when podUnhealthySeconds or maxRemediationsPerWindow is 0;
     only scheduled, non-terminating pods NotReady >= podUnhealthySeconds are
     candidates (an unschedulable pod would come back just as stuck); nothing during a
-    rollout (the rollback logic owns bad releases); nothing when more than half of
-    max(desired, pods) are not ready (a dependency outage is not cured by killing
-    pods); nothing when the PodDisruptionBudget allows no disruption
+    rollout (the rollback logic owns bad releases); with two or more pods, nothing
+    when more than half of max(desired, pods) are not ready (a dependency outage is
+    not cured by killing pods); the one pod of a single-replica service only with
+    remediateSingleReplica (it serves nothing while stuck, and the budget still
+    paces it); nothing when the PodDisruptionBudget allows no disruption
     (``disruption_allowed`` is its status.disruptionsAllowed, None without a PDB);
     at most maxRemediationsPerWindow per remediationWindowSeconds and at most
     ``disruption_allowed``. Candidates are NotReady, so deleting them never lowers
@@ -387,7 +406,10 @@ def decide_remediation(
         return out("RolloutInProgress", msg)
     total = max(health.desired, len(active))
     not_ready = total - sum(p.ready for p in active)
-    if not_ready * 2 > total:
+    if total == 1 and not failover.remediate_single_replica:
+        msg = f"Not deleting stuck pod {names}: remediateSingleReplica is false."
+        return out("SingleReplica", msg)
+    if total > 1 and not_ready * 2 > total:
         msg = f"{not_ready}/{total} pods not ready at once: likely a dependency outage; "
         return out("DependencyOutage", msg + "deleting pods would not help.")
     if disruption_allowed is not None and disruption_allowed <= 0:

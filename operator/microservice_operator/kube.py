@@ -442,6 +442,30 @@ class Kube:
                 return None
             raise
 
+    def remove_annotation(
+        self, resource: Resource, namespace: str, name: str, key: str, value: str
+    ) -> dict[str, Any] | None:
+        """Remove annotation ``key`` if it still has ``value`` (a JSON patch whose test
+        fails leaves a newer request alone); None if the object or value is gone."""
+        pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        try:
+            return self._call(
+                "patch",
+                resource,
+                "PATCH",
+                resource.path(namespace, name),
+                body=[
+                    {"op": "test", "path": pointer, "value": value},
+                    {"op": "remove", "path": pointer},
+                ],
+                query=[("fieldManager", FIELD_MANAGER)],
+                content_type="application/json-patch+json",
+            )
+        except KubeError as exc:
+            if exc.not_found or exc.invalid:
+                return None
+            raise
+
     def delete(
         self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
     ) -> bool:

@@ -17,6 +17,7 @@ live cluster before acting.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,15 @@ from pydantic import ValidationError
 
 from . import conditions, failover, health, history, render
 from .api import FailoverState, MicroServiceSpec, MicroServiceStatus, RevisionRef
-from .diff import controlled_by, merge_patch, needs_apply, owns_replicas, with_hash
+from .diff import (
+    controlled_by,
+    extract,
+    merge_patch,
+    needs_apply,
+    owned_fields,
+    owns_replicas,
+    with_hash,
+)
 from .settings import FIELD_MANAGER
 from .status import build_status, format_validation_error, parse_status
 
@@ -33,13 +42,15 @@ __all__ = ["Observed", "Plan", "merge_patch", "plan", "plan_error", "plan_invali
 
 TRACK_LABEL = "mso.dev/track"
 
-CHILD_KINDS = {
-    "deployment": "Deployment",
-    "standby": "Deployment",
-    "service": "Service",
-    "hpa": "HorizontalPodAutoscaler",
-    "pdb": "PodDisruptionBudget",
-}
+CHILD_KINDS = {key: kind for key, (_, kind) in render.CHILD_KINDS.items()}
+
+# Operations verbs: annotations any client may set (``kubectl mso`` sets them).
+PAUSED_ANNOTATION = "mso.dev/paused"
+"""``"true"``: reconciling is paused; nothing is written but the Paused condition."""
+RETRY_ANNOTATION = "mso.dev/retry"
+"""A quarantined revision to try again; the operator removes it once done."""
+FAILBACK_ANNOTATION = "mso.dev/failback"
+"""Any value: move traffic back to the primary now if it is healthy; removed once done."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,21 @@ class Observed:
     service: dict[str, Any] | None = None
     hpa: dict[str, Any] | None = None
     pdb: dict[str, Any] | None = None
+    standby_pdb: dict[str, Any] | None = None
     pods: tuple[dict[str, Any], ...] = ()
     revisions: tuple[dict[str, Any], ...] = ()  # ControllerRevisions (history records)
     live: bool = False  # read from the API server just now, not from the caches
 
     def find(self, kind: str, name: str) -> dict[str, Any] | None:
         """The observed child of a kind and name, if this observation has it."""
-        for obj in (self.deployment, self.standby, self.service, self.hpa, self.pdb):
+        for obj in (
+            self.deployment,
+            self.standby,
+            self.service,
+            self.hpa,
+            self.pdb,
+            self.standby_pdb,
+        ):
             meta = (obj or {}).get("metadata", {})
             if obj is not None and obj.get("kind") == kind and meta.get("name") == name:
                 return obj
@@ -65,7 +84,7 @@ class Observed:
 
     def child(self, key: str) -> dict[str, Any] | None:
         """The live child stored under a render key."""
-        value: dict[str, Any] | None = getattr(self, key)
+        value: dict[str, Any] | None = getattr(self, key.replace("-", "_"))
         return value
 
 
@@ -99,7 +118,7 @@ class Plan:
     history_applies: list[dict[str, Any]] = field(default_factory=list)
     history_deletes: list[tuple[str, str]] = field(default_factory=list)  # name, uid
     applies: list[dict[str, Any]] = field(default_factory=list)
-    handoff: dict[str, Any] | None = None
+    handoffs: list[dict[str, Any]] = field(default_factory=list)  # Deployments for the HPA
     deletes: list[tuple[str, str, str]] = field(default_factory=list)  # kind, name, uid
     pod_deletes: list[tuple[str, str]] = field(default_factory=list)  # name, uid
     status: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +132,8 @@ class Plan:
     invalid: bool = False
     destructive: list[str] = field(default_factory=list)  # what needs live confirmation
     observed: Observed | None = None  # what it was planned from
+    handled_annotations: list[tuple[str, str]] = field(default_factory=list)  # to remove
+    stale_templates: list[str] = field(default_factory=list)  # rendering changes (paced)
 
     @property
     def writes(self) -> int:
@@ -123,7 +144,8 @@ class Plan:
             + len(self.pod_deletes)
             + len(self.history_applies)
             + len(self.history_deletes)
-            + (1 if self.handoff else 0)
+            + len(self.handoffs)
+            + len(self.handled_annotations)
         )
 
 
@@ -185,6 +207,30 @@ def plan_invalid(ms: dict[str, Any], error: str, now: datetime) -> Plan:
     return plan
 
 
+def plan_paused(ms: dict[str, Any], now: datetime) -> Plan:
+    """Reconciling paused (``mso.dev/paused: "true"``): no child, record or timer is
+    touched; status only says so. Timers stay as they were, so resuming never acts on
+    time that passed while paused."""
+    _, _, _, generation = _meta(ms)
+    old = parse_status(ms.get("status"))
+    ts = rfc3339(now)
+    prev = old.conditions
+    message = (
+        f"Reconciling is paused ({PAUSED_ANNOTATION}); nothing is changed or failed over "
+        f"until the annotation is removed (kubectl mso resume)"
+    )
+    conds = [
+        conditions.make(prev, "Paused", True, "Paused", message, generation=generation, now=ts),
+        conditions.make(prev, "Reconciling", False, "Paused", "", generation=generation, now=ts),
+    ]
+    status = old.model_copy(update={"conditions": conditions.merge(prev, conds)})
+    plan = Plan()
+    if not conditions.is_true(prev, "Paused"):
+        plan.events.append(EventSpec("Normal", "Paused", message))
+    _finish_status(plan, ms.get("status"), status)
+    return plan
+
+
 def plan_error(ms: dict[str, Any], plan: Plan, reason: str, message: str, now: datetime) -> Plan:
     """The status to write after a write failed: the stored status with Ready=False and
     the server's message.
@@ -239,7 +285,9 @@ def spec_changed_at(ms: dict[str, Any]) -> datetime | None:
     times = [
         failover.parse_time(e.get("time"))
         for e in ms.get("metadata", {}).get("managedFields") or []
-        if not e.get("subresource")
+        # The operator's own writes (removing a handled request annotation) are not
+        # the user's: they must not restart a clock.
+        if not e.get("subresource") and e.get("manager") != FIELD_MANAGER
     ]
     known = [t for t in times if t is not None]
     return max(known) if known else None
@@ -259,6 +307,13 @@ class _Reconcile:
     records: history.History
     state: FailoverState
     result: Plan = field(default_factory=Plan)
+    aliases: dict[str, str] = field(default_factory=dict)  # operator 0.1 revision -> ours
+    refresh: bool = True  # roll out rendering changes of unchanged revisions now
+    standby_replicas: int | None = None  # what the standby is rendered with (None: HPA)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.ms.get("metadata", {}).get("annotations") or {})
 
     @property
     def name(self) -> str:
@@ -282,11 +337,20 @@ class _Revision:
     pods: list[health.PodObservation]
 
 
-def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
+def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool = True) -> Plan:
     """Decide one reconcile of ``ms`` given what the cluster holds, at time ``now``:
     which revision runs, where traffic goes, which stuck pods go, which children
-    differ from what the cluster holds, and the status that reports it."""
+    differ from what the cluster holds, and the status that reports it.
+
+    ``refresh=False`` keeps the live pod template of a Deployment whose revision is
+    unchanged but which this operator version renders differently, and lists it in
+    ``stale_templates``: the controller paces such rendering changes across
+    MicroServices and plans again with ``refresh=True`` when it is this one's turn.
+    """
     namespace, name, uid, generation = _meta(ms)
+    annotations = ms.get("metadata", {}).get("annotations") or {}
+    if str(annotations.get(PAUSED_ANNOTATION, "")).lower() == "true":
+        return plan_paused(ms, now)
     try:
         spec = MicroServiceSpec.model_validate(ms.get("spec") or {})
     except ValidationError as exc:
@@ -299,6 +363,9 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         # start them afresh, and count the remediation budget as spent for a window.
         spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
         state = FailoverState(remediations=spent or None)
+    records, aliases = _upgrade_history(
+        history.read_history(list(observed.revisions), uid), spec, name
+    )
     r = _Reconcile(
         ms=ms,
         observed=observed,
@@ -307,9 +374,11 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
         old=old,
         owner=render.Owner(name=name, namespace=namespace, uid=uid),
         generation=generation,
-        records=history.read_history(list(observed.revisions), uid),
+        records=records,
         state=state,
         result=Plan(observed=observed),
+        aliases=aliases,
+        refresh=refresh,
     )
     if forger is not None:
         r.result.events.append(
@@ -320,6 +389,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
                 "its timers are ignored",
             )
         )
+    _retry_request(r)
     rev = _revision_phase(r)
     track, standby_ready = _traffic_phase(r, rev.assessed)
     remediation = _remediation_phase(r, rev)
@@ -328,11 +398,90 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime) -> Plan:
     return r.result
 
 
+def _upgrade_history(
+    records: history.History, spec: MicroServiceSpec, name: str
+) -> tuple[history.History, dict[str, str]]:
+    """Records and revisions as this version names them, and the aliases of the
+    revisions operator 0.1 named by its rendered template (Deployments and pods it
+    labelled keep those names until they are next rendered).
+
+    A last known good is re-keyed by hashing its spec; a quarantine when its revision
+    is 0.1's name of the spec as it is now. The records are rewritten under the new
+    names by the normal history changes, once.
+    """
+    aliases = {render.legacy_revision(spec, name): render.revision(spec)}
+    good, bad = records.last_known_good, records.quarantine
+    if good is not None:
+        try:
+            good_spec = MicroServiceSpec.model_validate(good.spec)
+        except ValidationError:
+            good_spec = None
+        if good_spec is not None:
+            current = render.revision(good_spec)
+            aliases[render.legacy_revision(good_spec, name)] = current
+            if current != good.revision:
+                good = good.model_copy(update={"revision": current})
+    if bad is not None and bad.revision in aliases and aliases[bad.revision] != bad.revision:
+        bad = bad.model_copy(update={"revision": aliases[bad.revision]})
+    aliases = {old: new for old, new in aliases.items() if old != new}
+    upgraded = dataclasses.replace(records, last_known_good=good, quarantine=bad)
+    return upgraded, aliases
+
+
+def _retry_request(r: _Reconcile) -> None:
+    """``mso.dev/retry: <revision>``: lift that quarantine and give the revision a
+    fresh progress deadline (after the dependency it needed was fixed, say)."""
+    wanted = r.annotations.get(RETRY_ANNOTATION)
+    if wanted is None:
+        return
+    r.result.handled_annotations.append((RETRY_ANNOTATION, wanted))
+    bad = r.records.quarantine
+    if bad is None or wanted.strip() not in (bad.revision, "", "true"):
+        what = f"revision {bad.revision} is" if bad else "no revision is"
+        r.result.events.append(
+            EventSpec(
+                "Warning",
+                "RetryIgnored",
+                f"{RETRY_ANNOTATION}={wanted!r} ignored: {what} quarantined",
+            )
+        )
+        return
+    r.records = dataclasses.replace(r.records, quarantine=None)
+    r.state = r.state.model_copy(update={"revision_since": health.format_precise(r.now)})
+    r.result.events.append(
+        EventSpec(
+            "Normal",
+            "QuarantineLifted",
+            f"Revision {bad.revision} ({bad.image}) is tried again on request "
+            f"({RETRY_ANNOTATION}); it has {r.spec.failover.progress_deadline_seconds}s to "
+            "become healthy",
+        )
+    )
+    r.result.destructive.append(f"retry of quarantined revision {bad.revision}")
+
+
+def _aliased(
+    dep: health.DeploymentObservation | None,
+    pods: list[health.PodObservation],
+    aliases: dict[str, str],
+) -> tuple[health.DeploymentObservation | None, list[health.PodObservation]]:
+    """Observations with operator 0.1's revision names replaced by ours."""
+    if not aliases:
+        return dep, pods
+    if dep is not None and dep.revision in aliases:
+        dep = dataclasses.replace(dep, revision=aliases[dep.revision])
+    pods = [
+        dataclasses.replace(p, revision=aliases[p.revision]) if p.revision in aliases else p
+        for p in pods
+    ]
+    return dep, pods
+
+
 def _revision_phase(r: _Reconcile) -> _Revision:
     """Which revision should run: the spec's, or the last known good one; records to
     keep (ControllerRevisions) and the Events of the decision."""
     spec, result, records = r.spec, r.result, r.records
-    desired_revision = render.revision(spec, r.name)
+    desired_revision = render.revision(spec)
     target = failover.target_revision(
         desired_revision=desired_revision,
         last_known_good=records.last_known_good,
@@ -351,8 +500,11 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         r.state = r.state.model_copy(
             update={"revision_since": health.format_precise(revision_since)}
         )
-    dep_obs = health.observe_deployment(r.observed.deployment)
-    pod_obs = health.observe_pods(r.primary_pods)
+    dep_obs, pod_obs = _aliased(
+        health.observe_deployment(r.observed.deployment),
+        health.observe_pods(r.primary_pods),
+        r.aliases,
+    )
     fo = spec.failover
     assessed = health.assess(
         dep_obs, pod_obs, fo, r.now, revision=target, revision_since=revision_since
@@ -425,7 +577,7 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
     what the live Service selects; status only reports it."""
     fo, observed, result = r.spec.failover, r.observed, r.result
     standby_configured = fo.standby is not None
-    needed = render.desired_replicas(r.spec)
+    needed = render.desired_replicas(r.spec, _live_replicas(observed.deployment))
     if needed is None:
         needed = assessed.desired if assessed.deployment_found else 1
     standby_pods = [p for p in observed.pods if track_of(p) == "standby"]
@@ -433,6 +585,7 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
     current_track = live_track(observed.service)
     if current_track is None:
         current_track = r.old.active_track if observed.service is None else "primary"
+    failback = r.annotations.get(FAILBACK_ANNOTATION)
     track = failover.decide_track(
         health=assessed,
         state=r.state,
@@ -442,8 +595,25 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
         standby_replicas_needed=needed,
         failover=fo,
         now=r.now,
+        failback_requested=failback is not None,
     )
     r.state = track.state
+    if failback is not None:
+        result.handled_annotations.append((FAILBACK_ANNOTATION, failback))
+        if current_track != "standby":
+            result.events.append(
+                EventSpec("Normal", "FailbackIgnored", "Traffic is already on the primary")
+            )
+        elif not track.switched:
+            result.events.append(
+                EventSpec(
+                    "Warning",
+                    "FailbackRefused",
+                    f"Failback requested ({FAILBACK_ANNOTATION}) but the primary is not "
+                    f"healthy: {assessed.ready}/{assessed.desired} ready, below "
+                    f"{fo.min_healthy_ratio:g}; traffic stays on the standby",
+                )
+            )
     if track.switched:
         to_standby = track.active_track == "standby"
         result.events.append(
@@ -456,14 +626,23 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
         if to_standby:
             result.failovers.append(track.reason)
         result.destructive.append(f"traffic to the {track.active_track}")
-    live_standby = ((observed.standby or {}).get("spec") or {}).get("replicas")
+    # While the standby carries traffic with autoscaling, the HPA sizes it.
+    hpa_on_standby = r.spec.autoscaling is not None and track.active_track == "standby"
+    r.standby_replicas = None if hpa_on_standby else track.standby_replicas
+    live_standby = _live_replicas(observed.standby)
     if (
         standby_configured
-        and isinstance(live_standby, int)
-        and track.standby_replicas < live_standby
+        and live_standby is not None
+        and r.standby_replicas is not None
+        and r.standby_replicas < live_standby
     ):
-        result.destructive.append(f"standby scale-down to {track.standby_replicas}")
+        result.destructive.append(f"standby scale-down to {r.standby_replicas}")
     return track, standby_ready
+
+
+def _live_replicas(deployment: dict[str, Any] | None) -> int | None:
+    value = ((deployment or {}).get("spec") or {}).get("replicas")
+    return value if isinstance(value, int) else None
 
 
 def _remediation_phase(r: _Reconcile, rev: _Revision) -> failover.RemediationDecision:
@@ -493,14 +672,34 @@ def _remediation_phase(r: _Reconcile, rev: _Revision) -> failover.RemediationDec
 
 def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision) -> None:
     """Render the children and keep those that differ from the cluster."""
-    result, uid = r.result, r.owner.uid
+    result, uid, spec = r.result, r.owner.uid, r.spec
+    draining = spec.failover.standby is None and track.active_track == "standby"
     children = render.build_children(
         r.owner,
-        r.spec,
+        spec,
         active_track=track.active_track,
         source_spec=rev.source_spec,
-        standby_replicas=track.standby_replicas if r.spec.failover.standby else None,
+        primary_replicas=render.desired_replicas(spec, _live_replicas(r.observed.deployment)),
+        standby_replicas=r.standby_replicas if spec.failover.standby else None,
+        draining_standby=draining,
     )
+    for key in ("deployment", "standby"):
+        manifest, live = children.get(key), r.observed.child(key)
+        if manifest is None or live is None or not _stale_rendering(manifest, live, r.aliases):
+            continue
+        result.stale_templates.append(manifest["metadata"]["name"])
+        if r.refresh:
+            result.events.append(
+                EventSpec(
+                    "Normal",
+                    "TemplateRefreshed",
+                    f"Deployment {manifest['metadata']['name']}: this operator version "
+                    f"renders revision {rev.decision.revision} differently; rolling the new "
+                    "rendering out (paced across MicroServices)",
+                )
+            )
+        else:
+            children[key] = _keep_live_template(manifest, live)
     # The Service first: on failback traffic must leave the standby before the
     # standby is scaled down (on failover the standby was scaled up in an earlier
     # reconcile; the switch waits for its pods to be ready).
@@ -516,12 +715,12 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
         hashed = with_hash(manifest)
         if needs_apply(hashed, live):
             if (
-                key == "deployment"
+                key in ("deployment", "standby")
                 and "replicas" not in hashed.get("spec", {})
                 and owns_replicas(live)
                 and live is not None
             ):
-                result.handoff = live
+                result.handoffs.append(live)
             result.applies.append(hashed)
     # A rollback decided earlier whose Deployment write failed (or was cut short by a
     # crash) is carried out now: report it when it really happens.
@@ -536,6 +735,49 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
         result.events.append(EventSpec("Warning", "RolledBack", decision.message))
         result.rollbacks.append(decision.reason)
         result.destructive.append(f"rollback to {decision.revision}")
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("metadata", {}).get("annotations") or {})
+
+
+def _stale_rendering(
+    manifest: dict[str, Any], live: dict[str, Any], aliases: dict[str, str]
+) -> bool:
+    """Whether ``live`` runs the revision ``manifest`` renders, from the same inputs,
+    but as another operator version rendered it."""
+    want = render.split_template_hash(_annotations(manifest).get(render.TEMPLATE_HASH_ANNOTATION))
+    have = render.split_template_hash(_annotations(live).get(render.TEMPLATE_HASH_ANNOTATION))
+    if want is None:
+        return False
+    if have is not None:
+        return have[0] == want[0] and have[1] != want[1]
+    # No fingerprint: written by operator 0.1. Stale if it runs the same revision.
+    template = (live.get("spec") or {}).get("template") or {}
+    running = _annotations(template).get(render.REVISION_ANNOTATION)
+    rendered = _annotations(manifest["spec"]["template"]).get(render.REVISION_ANNOTATION)
+    return running is not None and aliases.get(running, running) == rendered
+
+
+def _keep_live_template(manifest: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with the pod template we applied earlier, read back from ``live``
+    (our fields, their current values): applying it changes no pod."""
+    fields = (owned_fields(live).get("f:spec") or {}).get("f:template")
+    template = (live.get("spec") or {}).get("template")
+    if not fields or not isinstance(template, dict):
+        return manifest  # we never applied a template there: nothing to keep
+    out: dict[str, Any] = {**manifest, "spec": {**manifest["spec"]}}
+    out["spec"]["template"] = extract(template, fields)
+    meta = {**manifest["metadata"]}
+    annotations = dict(meta.get("annotations") or {})
+    have = _annotations(live).get(render.TEMPLATE_HASH_ANNOTATION)
+    if have is None:
+        annotations.pop(render.TEMPLATE_HASH_ANNOTATION, None)
+    else:
+        annotations[render.TEMPLATE_HASH_ANNOTATION] = have
+    meta["annotations"] = annotations
+    out["metadata"] = meta
+    return out
 
 
 def _status_phase(
@@ -582,6 +824,21 @@ def _status_phase(
             else FailoverState(revision_since=state.revision_since),
         }
     )
+    if conditions.find(r.old.conditions, "Paused") is not None:
+        resumed = conditions.make(
+            status.conditions,
+            "Paused",
+            False,
+            "Resumed",
+            "",
+            generation=r.generation,
+            now=rfc3339(r.now),
+        )
+        if conditions.is_true(r.old.conditions, "Paused"):
+            result.events.append(EventSpec("Normal", "Resumed", "Reconciling resumed"))
+        status = status.model_copy(
+            update={"conditions": conditions.merge(status.conditions, [resumed])}
+        )
     _finish_status(result, r.ms.get("status"), status)
     result.gauges = Gauges(
         desired=assessed.desired,

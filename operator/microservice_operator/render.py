@@ -13,11 +13,19 @@ Naming: the primary Deployment and the Service share the MicroService's name; th
 standby is ``<name>-standby``. Pods carry ``mso.dev/track`` so the Service can move
 between tracks and each Deployment selects only its own pods.
 
-Revisions: ``revision()`` hashes the rendered primary pod template; the hash is set as
-the annotation ``mso.dev/revision`` on the template (an annotation, not a label: nothing
+Revisions: ``revision()`` hashes the user's intent, the normalised part of the spec that
+shapes the pod (image, command, env, ports, resources, probes, pod template, security
+context), not the operator's rendering of it, so a revision, its quarantine and the
+last known good mean the same thing to every operator version. The hash is set as the
+annotation ``mso.dev/revision`` on the template (an annotation, not a label: nothing
 selects on it, and the Deployment controller's ``pod-template-hash`` already labels
 the pods). Failover uses it to recognise a release that reached health, and rollback
 renders the template again from the last known good spec (``source_spec``).
+
+The rendering itself is fingerprinted separately (``mso.dev/template-hash`` on each
+Deployment): when a new operator version renders the same revision differently, the
+planner sees a *rendering change* of an unchanged revision and rolls it out at a
+bounded pace across MicroServices instead of restarting every workload at once.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from microservice_operator.api import MicroServiceSpec, Probe, Standby, Track
 
 Manifest = dict[str, Any]
 
-ChildKey = Literal["deployment", "standby", "service", "hpa", "pdb"]
+ChildKey = Literal["deployment", "standby", "service", "hpa", "pdb", "standby-pdb"]
 
 PRIMARY: Track = "primary"
 STANDBY: Track = "standby"
@@ -43,6 +51,9 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TRACK_LABEL = f"{api.GROUP}/track"
 REVISION_ANNOTATION = f"{api.GROUP}/revision"
+TEMPLATE_HASH_ANNOTATION = f"{api.GROUP}/template-hash"
+REVISION_SCHEME = "intent-v1"
+"""Bumped only if the normalisation of the intent ever has to change (it must not)."""
 CONTAINER_NAME = "app"
 REVISION_HISTORY_LIMIT = 5
 DEFAULT_CPU_TARGET = 80
@@ -53,6 +64,7 @@ CHILD_KINDS: dict[ChildKey, tuple[str, str]] = {
     "service": ("v1", "Service"),
     "hpa": ("autoscaling/v2", "HorizontalPodAutoscaler"),
     "pdb": ("policy/v1", "PodDisruptionBudget"),
+    "standby-pdb": ("policy/v1", "PodDisruptionBudget"),
 }
 """apiVersion and kind of each child key, so a caller can delete a child rendered as None."""
 
@@ -110,7 +122,7 @@ def selector_string(name: str, track: Track = PRIMARY) -> str:
 
 def child_name(name: str, key: ChildKey) -> str:
     """Name of a child: the MicroService's own, except ``<name>-standby``."""
-    return f"{name}-standby" if key == "standby" else name
+    return f"{name}-standby" if key in ("standby", "standby-pdb") else name
 
 
 def _metadata(
@@ -274,14 +286,91 @@ def _template(
     return {"metadata": metadata, "spec": pod}
 
 
-def revision(spec: MicroServiceSpec, name: str) -> str:
-    """A short, stable hash of what the pods run: the rendered primary pod template
-    (without its own revision annotation). Replica counts, autoscaling, the Service or
-    failover settings do not change it, so only a real release starts a new revision,
-    and the same spec always maps to the same revision across operator restarts."""
+_POD_FIELDS = (
+    "image",
+    "image_pull_policy",
+    "command",
+    "args",
+    "env",
+    "env_from",
+    "resources",
+    "probes",
+    "pod_template",
+    "security_context",
+)
+
+
+def intent(spec: MicroServiceSpec) -> dict[str, Any]:
+    """The normalised part of the spec that shapes the pod: fields at their default
+    and unset fields are left out (so setting a field to its default is no new
+    release), and the Service-only parts of ports (servicePort, nodePort) too."""
+    out: dict[str, Any] = spec.model_dump(
+        include=set(_POD_FIELDS),
+        by_alias=True,
+        exclude_none=True,
+        exclude_defaults=True,
+        mode="json",
+    )
+    if spec.ports:
+        out["ports"] = [
+            p.model_dump(
+                include={"name", "container_port", "protocol"},
+                by_alias=True,
+                mode="json",
+            )
+            for p in spec.ports
+        ]
+    return out
+
+
+def revision(spec: MicroServiceSpec) -> str:
+    """A short, stable hash of the user's intent for the pods (:func:`intent`).
+
+    Replica counts, autoscaling, the Service, failover settings and the standby's
+    placement do not change it, so only a real release starts a new revision; and
+    because it hashes the spec rather than the rendered template, a new operator
+    version that renders differently keeps every revision, quarantine and last known
+    good as it was.
+    """
+    canonical = json.dumps(
+        {"scheme": REVISION_SCHEME, "pod": intent(spec)}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def legacy_revision(spec: MicroServiceSpec, name: str) -> str:
+    """The revision operator 0.1 gave the same spec: a hash of its rendered primary
+    template. Used once, on upgrade, to recognise Deployments, pods and records that
+    0.1 wrote as the same revision (see ``plan`` and ``history``). It renders with
+    today's code, which is 0.1's rendering; do not change it with the renderer."""
     template = _template(spec, name, PRIMARY, None, None)
     canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def _short_hash(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def template_hash(
+    spec: MicroServiceSpec, name: str, track: Track, placement: Standby | None, template: Manifest
+) -> str:
+    """``<inputs>-<output>``: a hash of what the user asked for this track's pods (the
+    intent, the name, the track, the standby's placement) and a hash of the template
+    this operator version renders from it. Same inputs with another output is a
+    rendering change of this operator, not something the user did."""
+    placed = placement.model_dump(mode="json", exclude_none=True) if placement else None
+    inputs = _short_hash({"pod": intent(spec), "name": name, "track": track, "at": placed})
+    return f"{inputs}-{_short_hash(template)}"
+
+
+def split_template_hash(value: object) -> tuple[str, str] | None:
+    """(inputs, output) of a ``mso.dev/template-hash`` value; None if it is not one."""
+    if not isinstance(value, str) or value.count("-") != 1:
+        return None
+    inputs, output = value.split("-")
+    return inputs, output
 
 
 def pod_template(spec: MicroServiceSpec, name: str, track: Track = PRIMARY) -> Manifest:
@@ -292,16 +381,22 @@ def pod_template(spec: MicroServiceSpec, name: str, track: Track = PRIMARY) -> M
     topologySpreadConstraints.
     """
     placement = spec.failover.standby if track == STANDBY else None
-    return _template(spec, name, track, placement, revision(spec, name))
+    return _template(spec, name, track, placement, revision(spec))
 
 
 # --------------------------------------------------------------------------- children
 
 
-def desired_replicas(spec: MicroServiceSpec) -> int | None:
-    """The replica count the operator owns: ``spec.replicas``, or None while an HPA
-    owns it (the field is then left out of the applied Deployment: no tug of war)."""
-    return None if spec.autoscaling is not None else spec.replicas
+def desired_replicas(spec: MicroServiceSpec, live: int | None = None) -> int | None:
+    """The replica count of the primary the operator owns: ``spec.replicas``; when
+    unset the ``live`` count of the Deployment (so removing autoscaling keeps what the
+    HPA reached), or 1 for a new one. None while an HPA owns it (the field is then
+    left out of the applied Deployment: no tug of war)."""
+    if spec.autoscaling is not None:
+        return None
+    if spec.replicas is not None:
+        return spec.replicas
+    return live if live is not None else 1
 
 
 def build_deployment(
@@ -323,9 +418,8 @@ def build_deployment(
     """
     template_spec = source_spec if source_spec is not None else spec
     placement = spec.failover.standby if track == STANDBY else None
-    template = _template(
-        template_spec, owner.name, track, placement, revision(template_spec, owner.name)
-    )
+    template = _template(template_spec, owner.name, track, placement, revision(template_spec))
+    fingerprint = template_hash(template_spec, owner.name, track, placement, template)
     strategy = spec.strategy or api.Strategy()
     key: ChildKey = "standby" if track == STANDBY else "deployment"
     body: Manifest = {}
@@ -351,6 +445,7 @@ def build_deployment(
             owner,
             child_name(owner.name, key),
             {**common_labels(owner.name), TRACK_LABEL: track},
+            {TEMPLATE_HASH_ANNOTATION: fingerprint},
         ),
         "spec": body,
     }
@@ -401,10 +496,13 @@ def build_service(
     }
 
 
-def build_hpa(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
-    """An autoscaling/v2 HorizontalPodAutoscaler for the primary Deployment, or None
-    without ``spec.autoscaling``. CPU targets 80% when no target is given, because an
-    HPA without metrics does nothing."""
+def build_hpa(owner: Owner, spec: MicroServiceSpec, track: Track = PRIMARY) -> Manifest | None:
+    """An autoscaling/v2 HorizontalPodAutoscaler for the Deployment of ``track`` (the
+    one that carries traffic), or None without ``spec.autoscaling``. CPU targets 80%
+    when no target is given, because an HPA without metrics does nothing.
+
+    Following the traffic means the standby is sized from the load while it carries
+    it, and the idle primary's falling utilisation can no longer shrink anything."""
     a = spec.autoscaling
     if a is None:
         return None
@@ -424,7 +522,11 @@ def build_hpa(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
         if target is not None
     ]
     body: Manifest = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+        "scaleTargetRef": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": child_name(owner.name, "standby" if track == STANDBY else "deployment"),
+        },
         "minReplicas": a.min_replicas,
         "maxReplicas": a.max_replicas,
         "metrics": metrics,
@@ -439,17 +541,28 @@ def build_hpa(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
     }
 
 
-def build_pdb(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
-    """A policy/v1 PodDisruptionBudget over the primary's pods, or None without
-    ``spec.availability``.
+def build_pdb(
+    owner: Owner, spec: MicroServiceSpec, track: Track = PRIMARY, *, carries_traffic: bool = True
+) -> Manifest | None:
+    """A policy/v1 PodDisruptionBudget over the pods of one track.
+
+    The primary's exists only with ``spec.availability``. The standby's exists whenever
+    a standby is configured: while it carries traffic it holds ``spec.availability``
+    (``maxUnavailable: 1`` without one), so a node drain cannot evict all of it; while
+    idle ``maxUnavailable: 1``, which keeps it warm without blocking maintenance.
 
     ``unhealthyPodEvictionPolicy: AlwaysAllow`` lets a drain evict pods that are not
     Ready anyway: protecting broken pods would only block node maintenance.
     """
     av = spec.availability
+    body: Manifest = {"selector": {"matchLabels": selector_labels(owner.name, track)}}
+    if track == STANDBY:
+        if spec.failover.standby is None:
+            return None
+        if not carries_traffic or av is None:
+            av = api.Availability(max_unavailable=1)
     if av is None:
         return None
-    body: Manifest = {"selector": {"matchLabels": selector_labels(owner.name, PRIMARY)}}
     if av.min_available is not None:
         body["minAvailable"] = av.min_available
     elif av.max_unavailable is not None:
@@ -457,10 +570,17 @@ def build_pdb(owner: Owner, spec: MicroServiceSpec) -> Manifest | None:
     else:
         return None
     body["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
+    key: ChildKey = "standby-pdb" if track == STANDBY else "pdb"
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, owner.name, common_labels(owner.name)),
+        "metadata": _metadata(
+            owner,
+            child_name(owner.name, key),
+            {**common_labels(owner.name), TRACK_LABEL: track}
+            if track == STANDBY
+            else common_labels(owner.name),
+        ),
         "spec": body,
     }
 
@@ -471,22 +591,36 @@ def build_children(
     *,
     active_track: Track = PRIMARY,
     source_spec: MicroServiceSpec | None = None,
+    primary_replicas: int | None = None,
     standby_replicas: int | None = None,
+    draining_standby: bool = False,
 ) -> dict[ChildKey, Manifest | None]:
     """Every child the MicroService should have, keyed by a stable child key.
 
     None means "must not exist": the caller deletes it (see ``CHILD_KINDS`` and
-    ``child_name``), which is how removing autoscaling removes the HPA. The standby
-    keeps ``failover.standby.replicas`` unless ``standby_replicas`` asks for more (the
-    failover logic scales it up before moving traffic). Traffic never goes to a track
-    that is not configured: without a standby the Service stays on the primary.
+    ``child_name``), which is how removing autoscaling removes the HPA.
+
+    Replicas: the primary gets ``primary_replicas`` (the caller resolves an unset
+    ``spec.replicas``; default ``spec.replicas`` or 1); the HPA's track gets none (the
+    HPA owns them). The standby keeps ``failover.standby.replicas`` unless
+    ``standby_replicas`` asks for more (the failover logic scales it up before moving
+    traffic). Traffic never goes to a track that is not configured, except while
+    ``draining_standby``: the standby was removed from the spec while it carried
+    traffic, and the Service (and the HPA) stay on it until the primary is healthy;
+    the standby's own objects are then left out of the result (not rendered, not
+    deleted).
     """
     standby = spec.failover.standby
-    if standby is None:
+    if standby is None and not draining_standby:
         active_track = PRIMARY
-    return {
+    autoscaled = spec.autoscaling is not None
+    if primary_replicas is None and not autoscaled:
+        primary_replicas = spec.replicas if spec.replicas is not None else 1
+    if autoscaled and active_track == PRIMARY:
+        primary_replicas = None
+    children: dict[ChildKey, Manifest | None] = {
         "deployment": build_deployment(
-            owner, spec, track=PRIMARY, replicas=desired_replicas(spec), source_spec=source_spec
+            owner, spec, track=PRIMARY, replicas=primary_replicas, source_spec=source_spec
         ),
         "standby": None
         if standby is None
@@ -494,10 +628,16 @@ def build_children(
             owner,
             spec,
             track=STANDBY,
-            replicas=standby.replicas if standby_replicas is None else standby_replicas,
+            replicas=None
+            if autoscaled and active_track == STANDBY
+            else (standby.replicas if standby_replicas is None else standby_replicas),
             source_spec=source_spec,
         ),
         "service": build_service(owner, spec, active_track=active_track),
-        "hpa": build_hpa(owner, spec),
+        "hpa": build_hpa(owner, spec, active_track),
         "pdb": build_pdb(owner, spec),
+        "standby-pdb": build_pdb(owner, spec, STANDBY, carries_traffic=active_track == STANDBY),
     }
+    if draining_standby and standby is None:
+        del children["standby"], children["standby-pdb"]
+    return children

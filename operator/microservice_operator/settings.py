@@ -30,6 +30,7 @@ class Settings:
     lease_name: str = "microservice-operator"
     lease_namespace: str = "mso-system"
     identity: str = ""
+    template_refreshes_per_minute: int = 10
 
     @property
     def clusterwide(self) -> bool:
@@ -111,6 +112,16 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         default=env.get("POD_NAMESPACE") or "mso-system",
         help="Namespace of the Lease. Env: POD_NAMESPACE. Default: %(default)s",
     )
+    p.add_argument(
+        "--template-refreshes-per-minute",
+        type=int,
+        default=_env_int(env, "MSO_TEMPLATE_REFRESHES_PER_MINUTE", 10),
+        help="Pace of rendering changes after an operator upgrade: at most this many "
+        "Deployments, across all MicroServices, get a pod template that a new operator "
+        "version renders differently for an unchanged revision, per minute (each is a "
+        "rolling restart). 0 waits for each MicroService's next release. Env: "
+        "MSO_TEMPLATE_REFRESHES_PER_MINUTE. Default: %(default)s",
+    )
     p.set_defaults(env_namespaces=namespaces)
     return p
 
@@ -122,6 +133,8 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     namespaces = tuple(args.namespaces or args.env_namespaces)
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    if args.template_refreshes_per_minute < 0:
+        raise SystemExit("--template-refreshes-per-minute must be 0 or more")
     identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return Settings(
         leader_election=args.leader_election,
@@ -133,4 +146,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         health_port=args.health_port,
         log_level=args.log_level,
         workers=args.workers,
+        template_refreshes_per_minute=args.template_refreshes_per_minute,
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections import deque
 
 Key = tuple[str, str]
 """(namespace, name) of a MicroService."""
@@ -104,3 +106,35 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class Pacer:
+    """At most ``per_minute`` grants in any 60 s (a sliding window), shared by all
+    workers: a fleet-wide pace for changes that restart pods without anyone asking
+    (a new operator version's rendering). 0 grants nothing."""
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._grants: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def take(self, now: float) -> bool:
+        """One grant at monotonic time ``now``, if the pace allows it."""
+        with self._lock:
+            while self._grants and now - self._grants[0] >= self.WINDOW:
+                self._grants.popleft()
+            if len(self._grants) >= self.per_minute:
+                return False
+            self._grants.append(now)
+            return True
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until a grant may be possible; None if never (pace 0)."""
+        if self.per_minute <= 0:
+            return None
+        with self._lock:
+            if len(self._grants) < self.per_minute:
+                return 0.0
+            return max(0.0, self._grants[0] + self.WINDOW - now)

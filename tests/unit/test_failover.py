@@ -386,6 +386,7 @@ def track(
     standby_ready: int = 0,
     configured: bool = True,
     failover: Failover = STANDBY,
+    failback_requested: bool = False,
 ) -> Any:
     return decide_track(
         health=h,
@@ -396,6 +397,7 @@ def track(
         standby_replicas_needed=3,
         failover=failover,
         now=at(now),
+        failback_requested=failback_requested,
     )
 
 
@@ -604,14 +606,38 @@ NO_STANDBY = {
         "NoStandby",
         FailoverState(revision_since=iso(0)),
     ),
-    "standby removed while active": (
-        SICK,
+    "standby removed while active, primary healthy": (
+        WELL,
         UNHEALTHY_AT_0,
         "standby",
         "StandbyRemoved",
         FailoverState(),
     ),
 }
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_removed_standby_keeps_traffic_until_the_primary_is_healthy(configured: bool) -> None:
+    failover = STANDBY if not configured else replace_standby(None)
+    d = track(
+        SICK, UNHEALTHY_AT_0, "standby", 1000, standby_ready=2, configured=False, failover=failover
+    )
+    assert (d.active_track, d.reason, d.switched) == ("standby", "StandbyRemoved", False)
+    assert "once the primary is healthy" in d.message
+    # Nothing left to serve from: back at once.
+    gone = track(
+        SICK, UNHEALTHY_AT_0, "standby", 1000, standby_ready=0, configured=False, failover=failover
+    )
+    assert (gone.active_track, gone.switched) == ("primary", True)
+
+
+def test_failback_on_request_skips_the_wait_only_when_the_primary_is_healthy() -> None:
+    state = FailoverState(healthy_since=iso(999))  # healthy for 1 s of the 120 s wait
+    now_well = track(WELL, state, "standby", 1000, standby_ready=3, failback_requested=True)
+    assert (now_well.active_track, now_well.reason) == ("primary", "FailbackRequested")
+    assert now_well.switched
+    sick = track(SICK, UNHEALTHY_AT_0, "standby", 1000, standby_ready=3, failback_requested=True)
+    assert (sick.active_track, sick.switched) == ("standby", False)
 
 
 @pytest.mark.parametrize(
@@ -831,8 +857,15 @@ REMEDIATION = {
     "missing pods count as unhealthy": RemediationCase(
         [pod("a"), pod("b", 999)], {"desired": 4}, (), "DependencyOutage", ()
     ),
-    "a single stuck replica is an outage": RemediationCase(
-        [pod("a", 999)], {}, (), "DependencyOutage", ()
+    "a single stuck replica is replaced": RemediationCase(
+        [pod("a", 999)], {}, ("a",), "Remediated", (STAMP,)
+    ),
+    "a single stuck replica is left alone when configured so": RemediationCase(
+        [pod("a", 999)],
+        {"failover": REMEDIATE.model_copy(update={"remediate_single_replica": False})},
+        (),
+        "SingleReplica",
+        (),
     ),
     "PDB allows no disruption": RemediationCase(ONE_STUCK, {"pdb": 0}, (), "DisruptionBudget", ()),
     "PDB caps below the window budget": RemediationCase(

@@ -105,7 +105,7 @@ def converged(spec: dict[str, Any]) -> tuple[dict[str, Any], plan.Observed]:
     first = plan.plan(obj, plan.Observed(), NOW)
     by_kind = {(m["kind"], m["metadata"]["name"]): m for m in first.applies}
     model = MicroServiceSpec.model_validate(spec)
-    rev = render.revision(model, "shop")
+    rev = render.revision(model)
     n = spec.get("replicas", 1)
     dep = ready_deployment(by_kind[("Deployment", "shop")], n)
     observed = plan.Observed(
@@ -178,7 +178,7 @@ def test_enabling_autoscaling_hands_replicas_over_and_removing_it_deletes_the_hp
     p = plan.plan(obj, observed, NOW)
     dep = next(m for m in p.applies if m["kind"] == "Deployment")
     assert "replicas" not in dep["spec"]
-    assert p.handoff is observed.deployment
+    assert p.handoffs == [observed.deployment]
     assert any(m["kind"] == "HorizontalPodAutoscaler" for m in p.applies)
 
     hpa = live_of(

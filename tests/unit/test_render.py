@@ -289,7 +289,7 @@ def test_pod_template_settings() -> None:
     assert labels["mso.dev/track"] == "primary"  # ours win
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["mso.dev/revision"] == render.revision(spec, "shop")
+    assert annotations["mso.dev/revision"] == render.revision(spec)
     pod = template["spec"]
     assert pod["nodeSelector"] == {"disk": "ssd"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
@@ -393,7 +393,7 @@ def test_rollback_renders_template_from_source_spec() -> None:
     dep = render.build_deployment(OWNER, bad, replicas=2, source_spec=good)
     assert container(dep)["image"] == "shop:1"
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["mso.dev/revision"] == render.revision(good, "shop")
+    assert annotations["mso.dev/revision"] == render.revision(good)
     assert dep["spec"]["template"] == render.pod_template(good, "shop")
     # Deployment-level settings follow the current spec.
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 3
@@ -404,8 +404,8 @@ def test_rollback_renders_template_from_source_spec() -> None:
 
 
 def test_revision_is_stable_and_short() -> None:
-    rev = render.revision(make(), "shop")
-    assert rev == render.revision(make(), "shop")
+    rev = render.revision(make())
+    assert rev == render.revision(make())
     assert len(rev) == 10
     assert int(rev, 16) >= 0
 
@@ -424,7 +424,7 @@ def test_revision_is_stable_and_short() -> None:
     ],
 )
 def test_revision_changes_with_template(change: dict[str, Any]) -> None:
-    assert render.revision(make(**change), "shop") != render.revision(make(), "shop")
+    assert render.revision(make(**change)) != render.revision(make())
 
 
 @pytest.mark.parametrize(
@@ -440,7 +440,7 @@ def test_revision_changes_with_template(change: dict[str, Any]) -> None:
     ],
 )
 def test_revision_ignores_non_template_fields(change: dict[str, Any]) -> None:
-    assert render.revision(make(**change), "shop") == render.revision(make(), "shop")
+    assert render.revision(make(**change)) == render.revision(make())
 
 
 # --------------------------------------------------------------------------- service
