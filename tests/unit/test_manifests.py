@@ -45,7 +45,7 @@ BINDING_KINDS = {"ClusterRoleBinding", "RoleBinding"}
 EXPECTED_BASE_RBAC: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "events"): {"create"},
-    ("mso.dev", "microservices"): {"get", "list", "watch"},
+    ("mso.dev", "microservices"): {"get", "list", "watch", "patch"},
     ("mso.dev", "microservices/status"): {"patch"},
     ("mso.dev", "microservices/finalizers"): {"update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
