@@ -369,3 +369,33 @@ def records(kube_api: client.ApiClient, namespace: str, name: str) -> set[str]:
             namespace, label_selector=f"app.kubernetes.io/instance={name}"
         ).items
     }
+
+
+@pytest.mark.parametrize("remediate", [True, False])
+def test_a_stuck_single_replica_is_replaced_only_when_configured(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    remediate: bool,
+) -> None:
+    doc = hello(podUnhealthySeconds=3, remediateSingleReplica=remediate)
+    doc["spec"]["replicas"] = 1
+    apply_ms(kubeconfig, namespace, doc)
+    wait_ready(kube_api, namespace, "web")
+    (stuck,) = [p.metadata.name for p in pods(kube_api, namespace, PRIMARY)]
+    set_ready(kube_api, namespace, [stuck], False)
+
+    def gone() -> bool:
+        names = [p.metadata.name for p in pods(kube_api, namespace, PRIMARY)]
+        return stuck not in names or any(
+            p.metadata.deletion_timestamp for p in pods(kube_api, namespace, PRIMARY)
+        )
+
+    if remediate:
+        wait_for(gone, timeout=30, message="the stuck pod deleted")
+        assert events(kube_api, namespace, "web", "PodRemediated")
+        wait_ready(kube_api, namespace, "web", timeout=60)
+    else:
+        holds_for(8, lambda: not gone() or pytest.fail("deleted"), interval=0.5)
+        assert not events(kube_api, namespace, "web", "PodRemediated")
