@@ -54,13 +54,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import api, history
+from .plan import FAILBACK_ANNOTATION, PAUSED_ANNOTATION, RETRY_ANNOTATION
 from .render import INSTANCE_LABEL, REVISION_ANNOTATION, TRACK_LABEL, child_name
 
 Obj = dict[str, Any]
 
-PAUSED_ANNOTATION = f"{api.GROUP}/paused"
-RETRY_ANNOTATION = f"{api.GROUP}/retry"
-FAILBACK_ANNOTATION = f"{api.GROUP}/failback"
 PAUSED_VALUE = "true"
 FAILBACK_VALUE = "now"
 MERGE_PATCH = "application/merge-patch+json"
