@@ -9,7 +9,10 @@ operator running, repeated ``--runs`` times:
 - deadline: an ``unready`` release with ``progressDeadlineSeconds``; time from the
   deadline passing to the rollback applied;
 - standby: time from the primary's ready ratio falling below ``minHealthyRatio`` to
-  the Service selecting the standby, against ``failoverAfterSeconds``.
+  the Service selecting the standby, against ``failoverAfterSeconds``;
+- image error: a release whose image cannot be pulled (kwok's ``:pullerror``); time
+  from the first pod of it waiting on the error to the rollback applied, against
+  ``imageErrorGraceSeconds`` (the progress deadline stays at 300 s).
 
 The cluster is polled every 50 ms, so figures carry that resolution.
 
@@ -43,6 +46,8 @@ POLL = 0.05
 THRESHOLD = 2
 DEADLINE = 10
 FAILOVER_AFTER = 5
+IMAGE_GRACE = 10
+SCENARIOS = ("crashloop", "deadline", "standby", "imageerror")
 
 
 def until(predicate: Callable[[], Any], timeout: float, what: str) -> float:
@@ -192,6 +197,27 @@ def standby_run(b: Bench, i: int) -> float:
     return t_switch - t_below
 
 
+def imageerror_run(b: Bench, i: int) -> float:
+    name = f"pull-{i}"
+    b.apply(ms(name, "bench:1", imageErrorGraceSeconds=IMAGE_GRACE, progressDeadlineSeconds=300))
+    until(lambda: b.ready(name), 120, f"{name} Ready")
+    b.apply(
+        ms(name, "bench:pullerror", imageErrorGraceSeconds=IMAGE_GRACE, progressDeadlineSeconds=300)
+    )
+
+    def waiting() -> bool:
+        for p in b.pods(name):
+            for cs in p.status.container_statuses or []:
+                reason = cs.state.waiting.reason if cs.state and cs.state.waiting else None
+                if cs.image.endswith(":pullerror") and reason:
+                    return True
+        return False
+
+    t_error = until(waiting, 60, f"{name} waiting on the image error")
+    t_back = until(lambda: b.image(name) == "bench:1", 120, f"{name} rolled back")
+    return t_back - t_error
+
+
 def summary(label: str, values: list[float], reference: str) -> str:
     return (
         f"| {label} | {len(values)} | {statistics.median(values):.2f} | {max(values):.2f} "
@@ -205,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--only", choices=SCENARIOS, action="append", help="Run only these.")
     args = p.parse_args(argv)
     kubeconfig = os.environ.get("KUBECONFIG") or str(ROOT / ".localcluster" / "kubeconfig")
     config.load_kube_config(config_file=kubeconfig)
@@ -214,31 +241,36 @@ def main(argv: list[str] | None = None) -> int:
     op = OperatorProcess(kubeconfig, Path(tempfile.mkdtemp(prefix="mso-bench-")))
     op.start()
     b = Bench(api, ns)
+    wanted = set(args.only or SCENARIOS)
+    runs = range(args.runs)
     try:
-        crash = [crashloop_run(b, i) for i in range(args.runs)]
-        dead = [deadline_run(b, i) for i in range(args.runs)]
-        switch = [standby_run(b, i) for i in range(args.runs)]
+        crash = [crashloop_run(b, i) for i in runs] if "crashloop" in wanted else []
+        dead = [deadline_run(b, i) for i in runs] if "deadline" in wanted else []
+        switch = [standby_run(b, i) for i in runs] if "standby" in wanted else []
+        pull = [imageerror_run(b, i) for i in runs] if "imageerror" in wanted else []
     finally:
         op.stop()
         client.CoreV1Api(api).delete_namespace(ns)
     print(f"\n{datetime.now(UTC):%Y-%m-%d} failover, {args.runs} runs, poll {POLL * 1000:.0f} ms\n")
     print("| measurement | runs | median s | max s | configured |")
     print("|---|---|---|---|---|")
-    print(
-        summary(
-            "crash loop detectable -> rollback applied", crash, f"unhealthyThreshold={THRESHOLD}"
-        )
-    )
-    print(
-        summary("deadline passed -> rollback applied", dead, f"progressDeadlineSeconds={DEADLINE}")
-    )
-    print(
-        summary(
+    rows = [
+        ("crash loop detectable -> rollback applied", crash, f"unhealthyThreshold={THRESHOLD}"),
+        ("deadline passed -> rollback applied", dead, f"progressDeadlineSeconds={DEADLINE}"),
+        (
             "primary below threshold -> Service on standby",
             switch,
             f"failoverAfterSeconds={FAILOVER_AFTER}",
-        )
-    )
+        ),
+        (
+            "image error seen -> rollback applied",
+            pull,
+            f"imageErrorGraceSeconds={IMAGE_GRACE}",
+        ),
+    ]
+    for label, values, reference in rows:
+        if values:
+            print(summary(label, values, reference))
     return 0
 
 
