@@ -3,33 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import kopf
+from kubernetes.config import ConfigException
 
 from . import settings as settings_mod
+from .kube import load_api_client
 from .metrics import OperatorMetrics
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines: time, level, logger, message (and
+    the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, start the metrics endpoint and run kopf until interrupted."""
     settings = settings_mod.parse(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     # kopf's own per-object chatter stays at WARNING unless we debug.
     if settings.log_level != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        # kopf's API discovery retries say, once per retry, what the informers say
+        # once and /readyz keeps saying; a probe hit is no news either.
+        logging.getLogger("kopf._core.reactor.observation").setLevel(logging.CRITICAL)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401, PLC0415  (registers the kopf handlers on import)
 
+    try:
+        api_client = load_api_client()
+    except ConfigException as exc:
+        logging.getLogger("microservice_operator").critical(
+            "No Kubernetes configuration (%s): set KUBECONFIG, or run in a cluster with a "
+            "ServiceAccount",
+            exc,
+        )
+        return 2
     metrics = OperatorMetrics()
     server = metrics.serve(settings.metrics_port) if settings.metrics_port else None
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    memo = kopf.Memo(settings=settings, metrics=metrics)
+    memo = kopf.Memo(settings=settings, metrics=metrics, server=server, api_client=api_client)
     try:
         asyncio.run(
             kopf.operator(

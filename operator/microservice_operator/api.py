@@ -9,10 +9,23 @@ prints them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 GROUP = "mso.dev"
 VERSION = "v1alpha1"
@@ -71,6 +84,147 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any
     if field_path:
         out["fieldPath"] = field_path
     return out
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule on one field, enforced twice with the same message: as the CEL ``rule`` in
+    the CRD (``kubectl apply`` fails, naming the field) and by ``ok`` in the models (an
+    object that bypassed admission gets ``Ready=False InvalidSpec``). Use in
+    ``Annotated[T, Check(...)]``; ``ok`` must mean exactly what ``rule`` means."""
+
+    rule: str
+    message: str
+    ok: Callable[[Any], bool]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler.resolve_ref_schema(handler(schema))
+        out.setdefault("x-kubernetes-validations", []).append(cel(self.rule, self.message))
+        return out
+
+    def _validate(self, value: Any) -> Any:
+        if not self.ok(value):
+            raise ValueError(self.message)
+        return value
+
+
+def _matches(pattern: str) -> Callable[[Any], bool]:
+    """Python's side of CEL ``self.matches('^...$')``. The patterns here use only syntax
+    that RE2 (CEL, OpenAPI ``pattern``) and Python's ``re`` read alike: no ``\\w``/``\\d``,
+    no backslashes at all, so a CEL string literal needs no escaping."""
+    compiled = re.compile(pattern)
+    return lambda value: compiled.fullmatch(value) is not None
+
+
+# --------------------------------------------------------------------------- formats
+
+MAX_REPLICAS = 10_000
+"""Sanity bound on every replica count: a typo (an extra zero or six) must not become a
+Deployment of a billion pods. Not a capacity policy; a tighter, per-namespace bound
+belongs in a ValidatingAdmissionPolicy (manifests/samples/policy/)."""
+
+_REPLICAS_BOUND = (
+    f"At most {MAX_REPLICAS}: a sanity bound against typos, not a capacity policy "
+    "(a cluster can enforce a lower one with a ValidatingAdmissionPolicy)."
+)
+
+# The Docker reference grammar (github.com/distribution/reference), RE2 and Python alike:
+# [host[:port]/]path[:tag][@algorithm:hex]. The path is lowercase; the host may carry
+# a port or be an [IPv6] literal.
+_DOMAIN_PART = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-9])"
+_DOMAIN = f"(?:{_DOMAIN_PART}(?:[.]{_DOMAIN_PART})*|[[][a-fA-F0-9:]+[]])(?::[0-9]+)?"
+_PATH_PART = "[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_TAG = "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}"
+_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_PATTERN = (
+    f"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
+)
+"""An image reference a kubelet can pull: no spaces, a name before any tag or digest."""
+
+DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""RFC 1123 subdomain: names of ServiceAccounts, Secrets, PriorityClasses."""
+
+PORT_NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""IANA_SVC_NAME (plus the 15-character limit on the field)."""
+
+PERCENT_PATTERN = "^(100|[1-9]?[0-9])%$"
+
+# Label keys ([prefix/]name) and values, as Kubernetes validates them on the children.
+LABEL_KEY_PATTERN = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+MAX_LABELS = 64
+
+RESERVED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+)
+RESERVED_LABEL_PREFIX = f"{GROUP}/"
+"""Labels the operator sets on its children (and selects pods by): a user value would be
+overwritten, or worse, move pods out of their track's selector."""
+
+
+def _reserved_label(key: str) -> bool:
+    return key in RESERVED_LABELS or key.startswith(RESERVED_LABEL_PREFIX)
+
+
+_RESERVED_LIST = ", ".join(f"'{k}'" for k in RESERVED_LABELS)
+NoReservedLabels = Check(
+    f"self.all(k, !(k in [{_RESERVED_LIST}]) && !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+    f"must not set the operator's own labels ({', '.join(RESERVED_LABELS)} and "
+    f"anything under {RESERVED_LABEL_PREFIX})",
+    lambda labels: not any(_reserved_label(k) for k in labels),
+)
+_label_key = _matches(LABEL_KEY_PATTERN)
+LabelKeys = Check(
+    f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+    "label keys must be [prefix/]name: a DNS subdomain prefix, and a name of at most 63 "
+    "letters, digits, '-', '_' or '.' starting and ending with a letter or digit",
+    lambda labels: all(_label_key(k) for k in labels),
+)
+
+Image = Annotated[
+    str,
+    Check(
+        f"self.matches('{IMAGE_PATTERN}')",
+        "must be an image reference [registry[:port]/]name[:tag][@sha256:digest], e.g. "
+        "ghcr.io/acme/hello:1.2.3: no spaces, a lowercase name before any tag or digest",
+        _matches(IMAGE_PATTERN),
+    ),
+]
+
+Labels = Annotated[
+    dict[str, str],
+    Field(max_length=MAX_LABELS),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": 63,
+                "pattern": LABEL_VALUE_PATTERN,
+            },
+        }
+    ),
+    LabelKeys,
+    NoReservedLabels,
+]
+"""Extra labels for a child: valid label syntax, none of the operator's own."""
+
+DnsSubdomain = Annotated[
+    str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+]
 
 
 # --------------------------------------------------------------------------- spec

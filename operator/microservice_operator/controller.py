@@ -114,9 +114,14 @@ class Controller:
         while not all(inf.synced.is_set() for inf in self.informers):
             await asyncio.sleep(0.05)
             waited += 0.05
-            if waited >= 10 and int(waited * 20) % 200 == 0:
+            if waited >= 10 and int(waited * 20) % 600 == 0:
                 pending = [i.name for i in self.informers if not i.synced.is_set()]
-                log.warning("Waiting for caches to sync: %s", ", ".join(pending))
+                problems = sorted({i.problem for i in self.informers if i.problem})
+                log.warning(
+                    "Waiting for caches to sync: %s%s",
+                    ", ".join(pending),
+                    f" ({'; '.join(problems)})" if problems else "",
+                )
         for ns, name in self.store.keys(MS_KIND):
             self.queue.add((ns, name))
         for i in range(self.settings.workers):
@@ -234,6 +239,18 @@ class Controller:
             dead.append("leader election")
         dead += [t.get_name() for t in self._tasks if t.done()]
         return dead
+
+    def readiness(self) -> tuple[bool, str]:
+        """For the readiness probe (/readyz): ready once every cache has listed; else
+        why not (the CRD missing, a permission, the API server out of reach)."""
+        if not self.informers:
+            return False, "starting"
+        problems = sorted({i.problem for i in self.informers if i.problem})
+        pending = [i.name for i in self.informers if not i.synced.is_set()]
+        if pending:
+            why = "; ".join(problems) if problems else f"listing {', '.join(pending)}"
+            return False, why
+        return True, "leader" if self.elector is None or self.elector.is_leader() else "standby"
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: raises if any part died."""

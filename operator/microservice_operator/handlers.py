@@ -10,6 +10,8 @@ deleted, even while the operator is down, and the operator's only writes are its
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 from typing import Any
@@ -40,28 +42,42 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Build the controller, fill its caches, start workers (and the elector)."""
+    """Build the controller and start it in the background: filling the caches may
+    wait for a CRD, a permission or the API server, and meanwhile the process is
+    alive (/healthz) but not ready (/readyz says why)."""
     ours: Settings = memo["settings"]
     configure(settings)
     metrics: OperatorMetrics = memo["metrics"]
     kube = Kube(
-        load_api_client(),
+        memo.get("api_client") or load_api_client(),
         on_request=metrics.kube_request,
         user_agent=f"microservice-operator/{__version__} ({ours.identity})",
     )
     controller = Controller(kube, metrics, ours)
     memo["controller"] = controller
-    await controller.start()
-    log.info(
-        "Started microservice-operator %s watching %s",
-        __version__,
-        ", ".join(ours.namespaces) if ours.namespaces else "all namespaces",
-    )
+    server = memo.get("server")
+    if server is not None:
+        server.set_readiness(controller.readiness)
+
+    async def start() -> None:
+        await controller.start()
+        log.info(
+            "Started microservice-operator %s watching %s",
+            __version__,
+            ", ".join(ours.namespaces) if ours.namespaces else "all namespaces",
+        )
+
+    memo["starting"] = asyncio.create_task(start(), name="mso-start")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Let in-flight reconciles finish and hand the Lease over before exiting."""
+    starting: asyncio.Task[None] | None = memo.get("starting")
+    if starting is not None and not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
@@ -70,8 +86,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.probe(id="controller", errors=kopf.ErrorsMode.PERMANENT)
 def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    """/healthz: fails when an informer, the elector or a worker died."""
+    """/healthz: fails when the start-up, an informer, the elector or a worker died.
+    Waiting for the caches is alive, not dead: /readyz tells that apart."""
     controller: Controller | None = memo.get("controller")
-    if controller is None:
+    starting: asyncio.Task[None] | None = memo.get("starting")
+    if controller is None or starting is None:
         return {"starting": True}
+    if not starting.done():
+        return {"starting": True, "waiting": controller.readiness()[1]}
+    if starting.exception() is not None:
+        raise RuntimeError(f"start-up failed: {starting.exception()!r}")
     return controller.health()

@@ -275,6 +275,7 @@ class Informer:
         self.read_timeout = read_timeout
         self.max_backoff = max_backoff
         self.synced = threading.Event()
+        self.problem: str | None = None  # why it cannot list, for logs and /readyz
         self.resource_version = ""
         self.relists = 0
         self._stop = threading.Event()
@@ -320,10 +321,23 @@ class Informer:
                     self.resource_version = ""
                     continue
                 # Short and capped: the API server coming back must be noticed
-                # within seconds, and a retry every few seconds costs nothing.
+                # within seconds, and a retry every few seconds costs nothing. Before
+                # the first LIST worked, every second: a start-up waiting for a CRD or
+                # a permission must go on as soon as it is there.
                 self.failing = True
-                backoff = min(self.max_backoff, max(0.5, backoff * 2))
-                log.warning("Failed to watch %s (retrying in %.1fs): %s", self.name, backoff, exc)
+                cap = self.max_backoff if self.synced.is_set() else 1.0
+                backoff = min(cap, max(0.5, backoff * 2))
+                problem = explain(exc, self.resource, self.namespace)
+                if self.synced.is_set():
+                    log.warning(
+                        "Failed to watch %s (retrying in %.1fs): %s", self.name, backoff, exc
+                    )
+                elif problem != self.problem and problem not in _SAID:
+                    _SAID.add(problem)  # said once per process, not per kind or retry
+                    log.error("%s", problem)
+                else:
+                    log.debug("Still cannot list %s: %s", self.name, exc)
+                self.problem = problem
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
 
     def _list(self) -> None:
@@ -343,6 +357,9 @@ class Informer:
         self._mark_working()
 
     def _mark_working(self) -> None:
+        if self.problem is not None:
+            log.info("%s: resolved, listing works now", self.name)
+            self.problem = None
         if self.failing:
             self.failing = False
             log.info("Watching %s again", self.name)
@@ -393,3 +410,34 @@ class Informer:
     def _advance(self, rv: object) -> None:
         with contextlib.suppress(ValueError):
             self.store.advance(self.kind, self.namespace, int(str(rv)))
+
+
+_SAID: set[str] = set()
+
+
+def explain(exc: KubeError, resource: Resource, namespace: str | None) -> str:
+    """One line a newcomer can act on, for a LIST that fails at start-up."""
+    where = f"in namespace {namespace}" if namespace else "in all namespaces"
+    full = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
+    if exc.not_found and resource.kind == "MicroService":
+        return (
+            f"The MicroService CRD ({full}) is not installed. Install it with "
+            "`kubectl apply --server-side -f crds/microservices.mso.dev.yaml` (or "
+            "`kubectl apply -k manifests/`); the operator starts as soon as it exists."
+        )
+    if exc.status == 403:
+        return (
+            f"Forbidden to list {full} {where}: {exc.message}. Grant the operator's "
+            "ServiceAccount the ClusterRole of manifests/base/rbac-application.yaml "
+            "(verb list, watch on this resource)."
+        )
+    if exc.status == 401:
+        return f"The API server refused the operator's credentials (401): {exc.message}"
+    if exc.transport:
+        cause = exc.message
+        for marker in ("[Errno", "timed out", "Name or service not known"):
+            if marker in cause:
+                cause = cause[cause.index(marker) :].split('"')[0].rstrip(")")
+                break
+        return f"Cannot reach the API server ({cause}); retrying every second."
+    return f"Cannot list {full} {where}: {exc}"

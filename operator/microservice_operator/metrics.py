@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from importlib import metadata
@@ -227,8 +227,26 @@ def _version() -> str:
         return "unknown"
 
 
+def _not_ready() -> tuple[bool, str]:
+    return False, "starting"
+
+
 class _QuietMetricsHandler(MetricsHandler):
-    """The library's handler without a log line per scrape."""
+    """The library's handler without a log line per scrape, plus ``/readyz``."""
+
+    readiness: Callable[[], tuple[bool, str]] = staticmethod(_not_ready)
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        if self.path.split("?")[0] != "/readyz":
+            super().do_GET()
+            return
+        ready, why = type(self).readiness()
+        body = f"{'ok' if ready else 'not ready'}: {why}\n".encode()
+        self.send_response(200 if ready else 503)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -251,6 +269,7 @@ class MetricsServer:
             (_QuietMetricsHandler,),
             {"registry": registry},
         )
+        self._handler = handler
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
         self._server = server_class((host, port), handler)
         self.host = host
@@ -270,6 +289,10 @@ class MetricsServer:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/metrics"
+
+    def set_readiness(self, check: Callable[[], tuple[bool, str]]) -> None:
+        """What ``/readyz`` answers: (ready, why); 503 with the reason until ready."""
+        self._handler.readiness = staticmethod(check)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Stop serving and release the port; safe to call twice."""

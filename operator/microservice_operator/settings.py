@@ -12,6 +12,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from . import __version__
+
 FIELD_MANAGER = "microservice-operator"
 HANDOFF_FIELD_MANAGER = "microservice-operator-handoff"
 LABEL_PREFIX = "mso.dev"
@@ -25,6 +27,7 @@ class Settings:
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
+    log_format: str = "text"
     workers: int = 8
     leader_election: bool = False
     lease_name: str = "microservice-operator"
@@ -89,6 +92,14 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         help="Log level. Env: MSO_LOG_LEVEL. Default: %(default)s",
     )
     p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env.get("MSO_LOG_FORMAT", "text").lower(),
+        help="text, or json (one object per line) for log pipelines. Env: MSO_LOG_FORMAT. "
+        "Default: %(default)s",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
         "--workers",
         type=int,
         default=_env_int(env, "MSO_WORKERS", 8),
@@ -145,6 +156,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_level=args.log_level,
+        log_format=args.log_format,
         workers=args.workers,
         template_refreshes_per_minute=args.template_refreshes_per_minute,
     )

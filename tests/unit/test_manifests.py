@@ -424,8 +424,9 @@ def test_probes_and_ports_match_the_operator_settings() -> None:
     env = env_of(docs)
     assert ports == {"metrics": int(env["MSO_METRICS_PORT"]), "health": int(env["MSO_HEALTH_PORT"])}
     assert ports == {"metrics": 8080, "health": 8081}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Readiness is served next to /metrics and says why it is not ready yet.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert "MSO_NAMESPACES" not in env, "the base watches all namespaces"
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
