@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .health import REVISION_ANNOTATION
 from .kube import Kube, KubeError, Resource
 
 log = logging.getLogger("microservice_operator")
@@ -231,11 +232,63 @@ class Store:
             return len(self._objects.get(kind, {}))
 
 
+_POD_META = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "ownerReferences",
+)
+_CONTAINER_STATUS = ("name", "ready", "restartCount", "image")
+
+
+def _trim_condition(c: Any) -> Any:
+    if not isinstance(c, dict):
+        return c
+    return {k: c[k] for k in ("type", "status", "reason", "lastTransitionTime") if k in c}
+
+
+def _trim_container_status(cs: Any) -> Any:
+    if not isinstance(cs, dict):
+        return cs
+    out = {k: cs[k] for k in _CONTAINER_STATUS if k in cs}
+    state = cs.get("state") or {}
+    waiting = state.get("waiting") if isinstance(state, dict) else None
+    if isinstance(waiting, dict):
+        out["state"] = {"waiting": {k: waiting[k] for k in ("reason",) if k in waiting}}
+    elif isinstance(state, dict) and state:
+        out["state"] = {next(iter(state)): {}}
+    return out
+
+
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
-    """Drop what no decision reads from a pod (managedFields is most of its size)."""
+    """Keep only what decisions read from a pod (in place; returns it): identity,
+    labels, owner, the revision annotation, times, the node it runs on, phase,
+    conditions and per container the restarts and waiting reason. A pod as the API
+    server sends it is mostly managedFields, the spec and container details, none of
+    which a decision reads; at thousands of pods the cache is the process's memory."""
     meta = pod.get("metadata")
     if isinstance(meta, dict):
-        meta.pop("managedFields", None)
+        kept = {k: meta[k] for k in _POD_META if k in meta}
+        revision = (meta.get("annotations") or {}).get(REVISION_ANNOTATION)
+        if revision is not None:
+            kept["annotations"] = {REVISION_ANNOTATION: revision}
+        pod["metadata"] = kept
+    spec = pod.get("spec")
+    if isinstance(spec, dict):
+        pod["spec"] = {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {}
+    status = pod.get("status")
+    if isinstance(status, dict):
+        out: dict[str, Any] = {k: status[k] for k in ("phase", "startTime") if k in status}
+        if isinstance(status.get("conditions"), list):
+            out["conditions"] = [_trim_condition(c) for c in status["conditions"]]
+        for key in ("initContainerStatuses", "containerStatuses"):
+            if isinstance(status.get(key), list):
+                out[key] = [_trim_container_status(c) for c in status[key]]
+        pod["status"] = out
     return pod
 
 

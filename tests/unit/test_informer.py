@@ -7,11 +7,14 @@ tests/integration and tests/faults run the same code against a real API server.
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from microservice_operator.informer import Informer, Store
+from microservice_operator import health
+from microservice_operator.informer import Informer, Store, owner_key, trim_pod
 from microservice_operator.kube import PODS, KubeError
 
 
@@ -206,3 +209,70 @@ def test_a_late_write_answer_cannot_resurrect_an_object_deleted_before_a_relist(
     assert s.put_written("MicroService", obj("other", 130))
     # And an answer for an object the store holds is just a newer version.
     assert s.put_written("MicroService", obj("other", 131))
+
+
+def _full_pod() -> dict[str, Any]:
+    """A pod as the API server sends it (abridged, but every part present)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-abc",
+            "namespace": "shop",
+            "uid": "u1",
+            "resourceVersion": "42",
+            "generateName": "web-",
+            "labels": {"app.kubernetes.io/instance": "web", "mso.dev/track": "primary"},
+            "annotations": {"mso.dev/revision": "r1", "other/tool": "x" * 500},
+            "creationTimestamp": "2026-11-29T10:00:00Z",
+            "deletionTimestamp": "2026-11-29T10:05:00Z",
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-1", "uid": "rs"}],
+            "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}] * 5,
+        },
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A"}] * 50}],
+            "volumes": [{"name": "token"}] * 3,
+        },
+        "status": {
+            "phase": "Running",
+            "startTime": "2026-11-29T10:00:01Z",
+            "podIP": "10.0.0.1",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "lastTransitionTime": "2026-11-29T10:01:00Z",
+                    "lastProbeTime": None,
+                    "message": "containers with unready status: [app]",
+                },
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "initContainerStatuses": [
+                {"name": "init", "ready": True, "restartCount": 0, "state": {"terminated": {}}}
+            ],
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "ready": False,
+                    "restartCount": 4,
+                    "image": "web:1",
+                    "imageID": "sha256:" + "0" * 64,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "m" * 300}},
+                    "lastState": {"terminated": {"exitCode": 1}},
+                }
+            ],
+        },
+    }
+
+
+def test_trimmed_pods_keep_every_field_decisions_read() -> None:
+    full = _full_pod()
+    trimmed = trim_pod(copy.deepcopy(full))
+    assert health.observe_pod(trimmed) == health.observe_pod(full)
+    assert owner_key(trimmed) == owner_key(full)
+    assert trimmed["metadata"]["annotations"] == {"mso.dev/revision": "r1"}
+    assert "managedFields" not in trimmed["metadata"]
+    assert len(json.dumps(trimmed)) * 3 < len(json.dumps(full))
+    # Trimming a trimmed pod changes nothing (the store may see one twice).
+    assert trim_pod(copy.deepcopy(trimmed)) == trimmed
