@@ -65,6 +65,16 @@ def owner_key(obj: dict[str, Any]) -> Key | None:
     return (meta.get("namespace", ""), inst) if inst else None
 
 
+def _content(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without the metadata that changes with every write."""
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in ("resourceVersion", "managedFields")
+    }
+    return {**obj, "metadata": meta}
+
+
 class Store:
     """Thread-safe latest-version cache of watched objects, indexed by owner key.
 
@@ -86,7 +96,9 @@ class Store:
     # ------------------------------------------------------------------ writes
     def put(self, kind: str, obj: dict[str, Any]) -> bool:
         """Store ``obj`` unless the same or a newer version, or its deletion, is already
-        known; True if stored (the cache changed)."""
+        known. True if what decisions read changed: a new version that differs only in
+        resourceVersion or managedFields (for pods, only in fields trimmed away) is
+        stored but triggers no reconcile."""
         i = ident(obj)
         rv = resource_version(obj)
         with self._lock:
@@ -105,7 +117,7 @@ class Store:
             owner = owner_key(obj)
             if owner is not None:
                 self._by_owner.setdefault(kind, {}).setdefault(owner, set()).add(i)
-            return True
+            return old is None or _content(old) != _content(obj)
 
     def advance(self, kind: str, namespace: str | None, rv: int) -> None:
         """The informer of ``kind`` (in ``namespace``, or all) has seen everything up to

@@ -49,8 +49,19 @@ def test_relist_reports_changed_and_new_objects_only() -> None:
     s = Store()
     s.put("Pod", obj("a", 3))
     s.put("Pod", obj("b", 4))
-    changed = s.replace("Pod", [obj("a", 3), obj("b", 7), obj("c", 8)], list_rv=10)
+    b = obj("b", 7)
+    b["status"] = {"phase": "Running"}
+    changed = s.replace("Pod", [obj("a", 3), b, obj("c", 8)], list_rv=10)
     assert names(changed) == ["b", "c"]
+
+
+def test_a_new_version_that_changes_nothing_decisions_read_is_stored_but_not_reported() -> None:
+    s = Store()
+    s.put("Pod", obj("a", 3))
+    same = obj("a", 5)
+    same["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+    assert not s.put("Pod", same)  # no reconcile for it
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "5"  # type: ignore[index]
 
 
 def test_relist_is_scoped_to_its_namespace() -> None:
@@ -208,7 +219,8 @@ def test_a_late_write_answer_cannot_resurrect_an_object_deleted_before_a_relist(
     # A write newer than anything the informer saw is a new object: stored.
     assert s.put_written("MicroService", obj("other", 130))
     # And an answer for an object the store holds is just a newer version.
-    assert s.put_written("MicroService", obj("other", 131))
+    s.put_written("MicroService", obj("other", 131))
+    assert s.get("MicroService", "ns", "other")["metadata"]["resourceVersion"] == "131"  # type: ignore[index]
 
 
 def _full_pod() -> dict[str, Any]:
