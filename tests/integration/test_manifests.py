@@ -179,6 +179,8 @@ CAN = [
     ("watch", "microservices.mso.dev"),
     ("get", "microservices.mso.dev"),
     ("patch", "microservices.mso.dev", "--subresource=status"),
+    # Only to remove a handled request annotation (mso.dev/retry, mso.dev/failback).
+    ("patch", "microservices.mso.dev"),
     *[
         (verb, resource)
         for resource in (
@@ -209,7 +211,6 @@ CANNOT = [
     ("get", "pods", "--subresource=log"),
     ("delete", "microservices.mso.dev"),
     ("create", "microservices.mso.dev"),
-    ("patch", "microservices.mso.dev"),
     ("update", "microservices.mso.dev"),
     ("update", "deployments.apps"),
     ("update", "controllerrevisions.apps"),
