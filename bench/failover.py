@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     api = client.ApiClient()
     ns = f"bench-failover-{uuid.uuid4().hex[:6]}"
     create_namespace(api, ns)
-    op = OperatorProcess(kubeconfig, Path(tempfile.mkdtemp(prefix="mso-bench-")))
+    op = OperatorProcess(kubeconfig, Path(tempfile.mkdtemp(prefix="mso-bench-")), "--namespace", ns)
     op.start()
     b = Bench(api, ns)
     wanted = set(args.only or SCENARIOS)

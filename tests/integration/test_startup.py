@@ -68,8 +68,9 @@ def test_started_before_the_crd_it_says_so_and_starts_once_it_exists(
         wait_for(lambda: not crd_exists(kube_api), timeout=60, message="the CRD gone")
         own.start()
         wait_for(
-            lambda: "The MicroService CRD (microservices.mso.dev) is not installed"
-            in own.log_text(),
+            lambda: (
+                "The MicroService CRD (microservices.mso.dev) is not installed" in own.log_text()
+            ),
             timeout=20,
             message="the missing-CRD message",
         )
