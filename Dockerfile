@@ -3,9 +3,11 @@
 # microservice-operator container image.
 #
 #   docker build -t microservice-operator:0.1.0 .
+#   tools/image.sh        # the same Dockerfile with podman, no Docker engine needed
 #
 # Two stages: the builder turns the project and its dependencies into wheels; the
-# runtime installs only those wheels into the same slim Python base. No compiler,
+# runtime installs only those wheels into the same slim Python base. The dependency
+# set is exactly requirements.lock (hashed; `make lock` regenerates it). No compiler,
 # no pip cache, no source tree and no pip itself end up in the final image, and it
 # runs as the unprivileged numeric user 65532 so `runAsNonRoot` can be verified by
 # the kubelet without reading /etc/passwd.
@@ -20,15 +22,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # Dependencies first, in their own layer: they change far less often than the code.
-# Binary wheels only, so the slim builder never needs a compiler.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
- && pip wheel --only-binary=:all: --wheel-dir /wheels -r requirements.txt
+# Exactly the locked set (requirements.lock, made by `make lock`), every download
+# checked against its hash; binary wheels only, so the slim builder never needs a
+# compiler. The build backend comes from its own lock too (requirements-build.lock),
+# so building the project fetches nothing unpinned.
+COPY requirements.lock requirements-build.lock ./
+RUN pip install --require-hashes --only-binary=:all: -r requirements-build.lock \
+ && pip wheel --require-hashes --only-binary=:all: --wheel-dir /wheels -r requirements.lock
 # Then the project itself, without resolving its dependencies again.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

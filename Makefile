@@ -7,19 +7,40 @@ BIN := $(VENV)/bin
 LOCALCLUSTER := $(BIN)/python tools/localcluster/localcluster.py
 KUBECONFIG_LOCAL := $(CURDIR)/.localcluster/kubeconfig
 
-.PHONY: help venv tools lint typecheck unit integration faults test cluster-up cluster-down cluster-env \
+.PHONY: help venv lock image tools lint typecheck unit integration faults test cluster-up cluster-down cluster-env \
 	crds run bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/microservice-operator: pyproject.toml
+# Hashed lock files, made by `make lock` (uv pip compile --universal: one lock for
+# every Python >= LOCK_PYTHON and every platform, environment markers where the
+# dependency set differs; so 3.11 here, 3.12 in the image). Three views of one
+# resolution (the dev lock is resolved first, the others constrained to its pins):
+#   requirements-dev.lock    runtime + dev extra + build backend + pip: the venv
+#   requirements.lock        runtime dependencies only: the image's wheels
+#   requirements-build.lock  build backend + pip: the image's builder stage
+# pip installs them with --require-hashes; the project itself with --no-deps.
+# `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves pins forward.
+LOCK_PYTHON := 3.11
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version $(LOCK_PYTHON) \
+	--generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+BUILD_REQUIRES = $(BIN)/python -c "import tomllib; \
+	print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], 'pip', sep='\n')"
+
+$(BIN)/microservice-operator: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-venv: $(BIN)/microservice-operator ## Create .venv with the operator and dev tools
+venv: $(BIN)/microservice-operator ## Create .venv with the operator and dev tools (from requirements-dev.lock)
+
+lock: venv ## Regenerate the hashed lock files from pyproject.toml (uv pip compile)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra dev -o requirements-dev.lock
+	$(UV_COMPILE) pyproject.toml -c requirements-dev.lock -o requirements.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) - -c requirements-dev.lock -o requirements-build.lock
+	@$(MAKE) --no-print-directory venv
 
 tools: ## Install prometheus/promtool (Debian package) for the metrics and alert tests
 	tools/prometheus.sh
@@ -34,6 +55,10 @@ typecheck: venv ## mypy --strict on the package
 crds: venv ## Regenerate crds/ from the pydantic models
 	$(BIN)/python -m microservice_operator.crd
 	cp crds/microservices.mso.dev.yaml manifests/base/crds/microservices.mso.dev.yaml
+	cp crds/microservices.mso.dev.yaml charts/microservice-operator/files/microservices.mso.dev.yaml
+
+image: ## Build the operator image with podman, no Docker engine needed (tools/image.sh)
+	tools/image.sh
 
 unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit
