@@ -116,11 +116,17 @@ class Check:
 
 
 def _matches(pattern: str) -> Callable[[Any], bool]:
-    """Python's side of CEL ``self.matches('^...$')``. The patterns here use only syntax
-    that RE2 (CEL, OpenAPI ``pattern``) and Python's ``re`` read alike: no ``\\w``/``\\d``,
-    no backslashes at all, so a CEL string literal needs no escaping."""
+    """Python's side of CEL ``x.matches(pattern)`` for an anchored ``^...$`` pattern. The
+    patterns here use only syntax that RE2 (CEL, OpenAPI ``pattern``) and Python's ``re``
+    read alike: explicit ASCII classes, no ``\\w``/``\\d``/``\\s`` (Unicode-aware in Python)."""
     compiled = re.compile(pattern)
     return lambda value: compiled.fullmatch(value) is not None
+
+
+def cel_matches(subject: str, pattern: str) -> str:
+    """CEL ``subject.matches('pattern')``, the pattern quoted as a CEL string literal."""
+    quoted = pattern.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{subject}.matches('{quoted}')"
 
 
 # --------------------------------------------------------------------------- formats
@@ -139,13 +145,11 @@ _REPLICAS_BOUND = (
 # [host[:port]/]path[:tag][@algorithm:hex]. The path is lowercase; the host may carry
 # a port or be an [IPv6] literal.
 _DOMAIN_PART = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-9])"
-_DOMAIN = f"(?:{_DOMAIN_PART}(?:[.]{_DOMAIN_PART})*|[[][a-fA-F0-9:]+[]])(?::[0-9]+)?"
+_DOMAIN = f"(?:{_DOMAIN_PART}(?:[.]{_DOMAIN_PART})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]+)?"
 _PATH_PART = "[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _TAG = "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}"
 _DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-IMAGE_PATTERN = (
-    f"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
-)
+IMAGE_PATTERN = f"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
 """An image reference a kubelet can pull: no spaces, a name before any tag or digest."""
 
 DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -153,6 +157,12 @@ DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a
 
 PORT_NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """IANA_SVC_NAME (plus the 15-character limit on the field)."""
+
+ENV_NAME_PATTERN = "^[ -<>-~]+$"
+"""Environment variable names as Kubernetes accepts them: printable ASCII except '='."""
+
+HTTP_PATH_PATTERN = "^/[!-~]*$"
+"""An absolute URL path: printable ASCII, no spaces."""
 
 PERCENT_PATTERN = "^(100|[1-9]?[0-9])%$"
 
@@ -187,7 +197,7 @@ NoReservedLabels = Check(
 )
 _label_key = _matches(LABEL_KEY_PATTERN)
 LabelKeys = Check(
-    f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+    f"self.all(k, {cel_matches('k', LABEL_KEY_PATTERN)})",
     "label keys must be [prefix/]name: a DNS subdomain prefix, and a name of at most 63 "
     "letters, digits, '-', '_' or '.' starting and ending with a letter or digit",
     lambda labels: all(_label_key(k) for k in labels),
@@ -196,15 +206,17 @@ LabelKeys = Check(
 Image = Annotated[
     str,
     Check(
-        f"self.matches('{IMAGE_PATTERN}')",
+        cel_matches("self", IMAGE_PATTERN),
         "must be an image reference [registry[:port]/]name[:tag][@sha256:digest], e.g. "
         "ghcr.io/acme/hello:1.2.3: no spaces, a lowercase name before any tag or digest",
         _matches(IMAGE_PATTERN),
     ),
 ]
 
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
 Labels = Annotated[
-    dict[str, str],
+    dict[str, LabelValue],
     Field(max_length=MAX_LABELS),
     WithJsonSchema(
         {
@@ -222,9 +234,23 @@ Labels = Annotated[
 ]
 """Extra labels for a child: valid label syntax, none of the operator's own."""
 
-DnsSubdomain = Annotated[
-    str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+DnsSubdomain = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+"""A Kubernetes object name (RFC 1123 subdomain)."""
+
+_percent = _matches(PERCENT_PATTERN)
+CountOrPercent = Annotated[
+    IntOrString,
+    Check(
+        f"type(self) == int ? self >= 0 : {cel_matches('self', PERCENT_PATTERN)}",
+        'must be a count (0 or more) or a percentage from "0%" to "100%"',
+        lambda v: v >= 0 if isinstance(v, int) else _percent(v),
+    ),
 ]
+"""An IntOrString of pods: a count, or a percentage of the desired replicas."""
+
+
+def _is_zero(value: int | str) -> bool:
+    return value in (0, "0%")
 
 
 # --------------------------------------------------------------------------- spec
@@ -233,12 +259,25 @@ DnsSubdomain = Annotated[
 class Port(Model):
     """A port the container listens on, and optionally exposes through the Service."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.nodePort) || has(self.servicePort)",
+                    "nodePort needs servicePort on the same port (a port without "
+                    "servicePort is not exposed)",
+                    ".nodePort",
+                ),
+            ]
+        }
+    )
+
     name: str = Field(
         "http",
         description="Port name (IANA_SVC_NAME: at most 15 lowercase letters, digits and "
         "dashes). Probes and the Service refer to it.",
         max_length=15,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=PORT_NAME_PATTERN,
     )
     container_port: int = Field(
         ..., ge=1, le=65535, description="Port the container listens on, e.g. 5000."
@@ -255,16 +294,32 @@ class Port(Model):
         None,
         ge=30000,
         le=32767,
-        description="Fixed node port for Service type NodePort/LoadBalancer; allocated "
-        "by Kubernetes when unset.",
+        description="Fixed node port for Service type NodePort/LoadBalancer (refused with "
+        "ClusterIP/None, which have no node ports); needs servicePort. Allocated by "
+        "Kubernetes when unset.",
     )
     protocol: Literal["TCP", "UDP", "SCTP"] = Field("TCP", description="Transport protocol.")
+
+    @model_validator(mode="after")
+    def _node_port_needs_service_port(self) -> Port:
+        if self.node_port is not None and self.service_port is None:
+            raise ValueError(
+                "nodePort needs servicePort on the same port (a port without "
+                "servicePort is not exposed)"
+            )
+        return self
 
 
 class EnvVar(Model):
     """An environment variable, as in a Kubernetes container."""
 
-    name: str = Field(..., min_length=1, description="Variable name.")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        pattern=ENV_NAME_PATTERN,
+        description="Variable name: printable ASCII characters except '='.",
+    )
     value: str | None = Field(None, description="Literal value.")
     value_from: FreeForm | None = Field(
         None,
@@ -277,6 +332,29 @@ class EnvVar(Model):
         if self.value is not None and self.value_from is not None:
             raise ValueError(f"env {self.name}: set value or valueFrom, not both")
         return self
+
+
+_http_path = _matches(HTTP_PATH_PATTERN)
+HttpPath = Annotated[
+    str,
+    Check(
+        cel_matches("self", HTTP_PATH_PATTERN),
+        "must be an absolute URL path: start with / and contain no spaces (percent-encode "
+        "them), e.g. /healthz",
+        _http_path,
+    ),
+]
+
+_port_name = _matches(PORT_NAME_PATTERN)
+ProbePort = Annotated[
+    IntOrString,
+    Check(
+        "type(self) == int ? self >= 1 && self <= 65535 : "
+        + cel_matches("self", PORT_NAME_PATTERN),
+        "must be a port number (1-65535) or a port name of spec.ports",
+        lambda v: 1 <= v <= 65535 if isinstance(v, int) else _port_name(v),
+    ),
+]
 
 
 class Resources(Model):
@@ -294,17 +372,34 @@ class Probe(Model):
     """A health probe. With none of httpGet, tcpSocket or exec set, a TCP check of the
     first port is used."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.httpGetPath) || !has(self.execCommand)",
+                    "set httpGetPath or execCommand, not both",
+                ),
+            ]
+        }
+    )
+
     enabled: bool = Field(True, description="Set false to run without this probe.")
-    http_get_path: str | None = Field(
+    http_get_path: HttpPath | None = Field(
         None,
         alias="httpGetPath",
+        max_length=2048,
         description="Probe with an HTTP GET of this path (e.g. /healthz) on `port`.",
     )
     exec_command: list[str] | None = Field(
-        None, alias="execCommand", description="Probe by running this command in the container."
+        None,
+        alias="execCommand",
+        min_length=1,
+        description="Probe by running this command in the container.",
     )
-    port: IntOrString | None = Field(
-        None, description="Port number or name to probe; defaults to the first port."
+    port: ProbePort | None = Field(
+        None,
+        description="Port number, or the name of one of spec.ports, to probe; defaults to "
+        "the first port.",
     )
     initial_delay_seconds: int | None = Field(
         None, ge=0, description="Seconds after start before the first probe."
@@ -317,6 +412,12 @@ class Probe(Model):
     success_threshold: int | None = Field(
         None, ge=1, description="Consecutive successes before the probe is considered passed."
     )
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        if self.http_get_path is not None and self.exec_command is not None:
+            raise ValueError("set httpGetPath or execCommand, not both")
+        return self
 
 
 class Probes(Model):
@@ -341,7 +442,11 @@ class ServiceSpec(Model):
     annotations: StringMap | None = Field(
         None, description="Annotations on the Service (e.g. for a cloud load balancer)."
     )
-    labels: StringMap | None = Field(None, description="Extra labels on the Service.")
+    labels: Labels | None = Field(
+        None,
+        description=f"Extra labels on the Service (at most {MAX_LABELS}); the operator's "
+        f"own ({', '.join(RESERVED_LABELS)}, {RESERVED_LABEL_PREFIX}*) are refused.",
+    )
 
 
 class Autoscaling(Model):
@@ -361,8 +466,18 @@ class Autoscaling(Model):
         }
     )
 
-    min_replicas: int = Field(1, ge=1, description="Fewest replicas the HPA scales down to.")
-    max_replicas: int = Field(..., ge=1, description="Most replicas the HPA scales up to.")
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"Fewest replicas the HPA scales down to. {_REPLICAS_BOUND}",
+    )
+    max_replicas: int = Field(
+        ...,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"Most replicas the HPA scales up to. {_REPLICAS_BOUND}",
+    )
     target_cpu_utilization_percentage: int | None = Field(
         None,
         alias="targetCPUUtilizationPercentage",
@@ -397,30 +512,58 @@ class Availability(Model):
         }
     )
 
-    min_available: IntOrString | None = Field(
-        None, description='Pods that must stay available, e.g. 2 or "50%".'
+    min_available: CountOrPercent | None = Field(
+        None, description='Pods that must stay available, e.g. 2 or "50%" (0% to 100%).'
     )
-    max_unavailable: IntOrString | None = Field(
-        None, description='Pods that may be unavailable at once, e.g. 1 or "25%".'
+    max_unavailable: CountOrPercent | None = Field(
+        None, description='Pods that may be unavailable at once, e.g. 1 or "25%" (0% to 100%).'
     )
 
 
 class Strategy(Model):
-    """Rolling update parameters of the Deployment."""
+    """Rolling update parameters of the Deployment. maxSurge and maxUnavailable may not
+    both be 0."""
 
-    max_surge: IntOrString = Field(
-        "25%", description="Extra pods allowed above the desired count during a rollout."
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.maxSurge) || !has(self.maxUnavailable) || "
+                    "!(string(self.maxSurge) in ['0', '0%'] && "
+                    "string(self.maxUnavailable) in ['0', '0%'])",
+                    "strategy.maxSurge and strategy.maxUnavailable must not both be 0 "
+                    "(a rollout could never replace a pod)",
+                ),
+            ]
+        }
     )
-    max_unavailable: IntOrString = Field(
-        "25%", description="Pods allowed to be unavailable during a rollout."
+
+    max_surge: CountOrPercent = Field(
+        "25%",
+        description='Extra pods allowed above the desired count during a rollout, e.g. 1 or "25%".',
     )
+    max_unavailable: CountOrPercent = Field(
+        "25%", description='Pods allowed to be unavailable during a rollout, e.g. 0 or "25%".'
+    )
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Strategy:
+        if _is_zero(self.max_surge) and _is_zero(self.max_unavailable):
+            raise ValueError(
+                "strategy.maxSurge and strategy.maxUnavailable must not both be 0 "
+                "(a rollout could never replace a pod)"
+            )
+        return self
 
 
 class PodTemplate(Model):
     """Pod-level settings copied onto the pod template."""
 
-    labels: StringMap | None = Field(
-        None, description="Extra pod labels (the operator's own labels win on conflict)."
+    labels: Labels | None = Field(
+        None,
+        description=f"Extra pod labels (at most {MAX_LABELS}). The operator's own "
+        f"({', '.join(RESERVED_LABELS)}, {RESERVED_LABEL_PREFIX}*) are refused: they "
+        "select the pods of each track.",
     )
     annotations: StringMap | None = Field(None, description="Extra pod annotations.")
     node_selector: StringMap | None = Field(None, description="Node labels the pods require.")
@@ -431,11 +574,15 @@ class PodTemplate(Model):
         description="Topology spread constraints. Their labelSelector defaults to the "
         "pods of this track when left out.",
     )
-    service_account_name: str | None = Field(None, description="ServiceAccount the pods run as.")
-    image_pull_secrets: list[str] | None = Field(
+    service_account_name: DnsSubdomain | None = Field(
+        None, description="ServiceAccount the pods run as (an object name)."
+    )
+    image_pull_secrets: list[DnsSubdomain] | None = Field(
         None, description="Names of Secrets used to pull the image."
     )
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    priority_class_name: DnsSubdomain | None = Field(
+        None, description="PriorityClass of the pods (an object name)."
+    )
     termination_grace_period_seconds: int | None = Field(
         None, ge=0, description="Seconds a pod gets to shut down."
     )
@@ -443,6 +590,20 @@ class PodTemplate(Model):
 
 class SecurityContext(Model):
     """Secure container defaults; each can be relaxed when an image needs it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.runAsUser) || self.runAsUser != 0 || "
+                    "(has(self.runAsNonRoot) && !self.runAsNonRoot)",
+                    "securityContext.runAsUser 0 (root) contradicts runAsNonRoot: the "
+                    "container would never start; set runAsNonRoot: false to run as root",
+                    ".runAsUser",
+                ),
+            ]
+        }
+    )
 
     run_as_non_root: bool = Field(True, description="Refuse to start as UID 0.")
     run_as_user: int | None = Field(None, ge=0, description="UID to run as.")
@@ -462,6 +623,15 @@ class SecurityContext(Model):
         "RuntimeDefault", description="Seccomp profile type."
     )
 
+    @model_validator(mode="after")
+    def _root_needs_consent(self) -> SecurityContext:
+        if self.run_as_user == 0 and self.run_as_non_root:
+            raise ValueError(
+                "securityContext.runAsUser 0 (root) contradicts runAsNonRoot: the "
+                "container would never start; set runAsNonRoot: false to run as root"
+            )
+        return self
+
 
 class Standby(Model):
     """A warm standby Deployment (<name>-standby) on the same pod template; the Service
@@ -471,7 +641,12 @@ class Standby(Model):
     HorizontalPodAutoscaler (spec.autoscaling) scales the standby instead of the idle
     primary."""
 
-    replicas: int = Field(1, ge=1, description="Replicas the standby keeps warm.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"Replicas the standby keeps warm. {_REPLICAS_BOUND}",
+    )
     node_selector: StringMap | None = Field(
         None, description="Standby placement override, e.g. another zone."
     )
@@ -563,6 +738,30 @@ class Failover(Model):
     )
 
 
+PROBE_KINDS = ("readiness", "liveness", "startup")
+_DUPLICATE_SERVICE_PORT = "spec.ports[].servicePort must be unique per protocol"
+_DUPLICATE_NODE_PORT = "spec.ports[].nodePort must be unique per protocol"
+_NODE_PORT_NEEDS_TYPE = (
+    "spec.ports[].nodePort needs spec.service.type NodePort or LoadBalancer "
+    "(a ClusterIP or headless Service has no node ports)"
+)
+
+
+def _unknown_probe_port(kind: str) -> str:
+    return f"spec.probes.{kind}.port must be a port number or the name of one of spec.ports"
+
+
+def _probe_without_port(kind: str) -> str:
+    return (
+        f"spec.probes.{kind} has nothing to probe: set its port, its execCommand or "
+        "spec.ports (or enabled: false)"
+    )
+
+
+def _duplicates(values: list[tuple[Any, ...]]) -> bool:
+    return len(values) != len(set(values))
+
+
 class MicroServiceSpec(Model):
     """Desired state of a MicroService."""
 
@@ -582,12 +781,60 @@ class MicroServiceSpec(Model):
                     "spec.ports[].name must be unique",
                     ".ports",
                 ),
+                cel(
+                    "!has(self.ports) || self.ports.all(p, !has(p.servicePort) || "
+                    "self.ports.exists_one(q, has(q.servicePort) && "
+                    "q.servicePort == p.servicePort && q.protocol == p.protocol))",
+                    _DUPLICATE_SERVICE_PORT,
+                    ".ports",
+                ),
+                cel(
+                    "!has(self.ports) || self.ports.all(p, !has(p.nodePort) || "
+                    "self.ports.exists_one(q, has(q.nodePort) && "
+                    "q.nodePort == p.nodePort && q.protocol == p.protocol))",
+                    _DUPLICATE_NODE_PORT,
+                    ".ports",
+                ),
+                cel(
+                    "!has(self.ports) || !has(self.service) || !self.service.enabled || "
+                    "self.service.type in ['NodePort', 'LoadBalancer'] || "
+                    "self.ports.all(p, !has(p.nodePort))",
+                    _NODE_PORT_NEEDS_TYPE,
+                    ".ports",
+                ),
+                *(
+                    rule
+                    for kind in PROBE_KINDS
+                    for rule in (
+                        cel(
+                            f"!has(self.probes) || !has(self.probes.{kind}) || "
+                            f"!has(self.probes.{kind}.port) || "
+                            f"type(self.probes.{kind}.port) == int || (has(self.ports) && "
+                            f"self.ports.exists(p, p.name == self.probes.{kind}.port))",
+                            _unknown_probe_port(kind),
+                            f".probes.{kind}.port",
+                        ),
+                        cel(
+                            f"!has(self.probes) || !has(self.probes.{kind}) || "
+                            f"!self.probes.{kind}.enabled || "
+                            f"has(self.probes.{kind}.execCommand) || "
+                            f"has(self.probes.{kind}.port) || "
+                            "(has(self.ports) && size(self.ports) > 0)",
+                            _probe_without_port(kind),
+                            f".probes.{kind}",
+                        ),
+                    )
+                ),
             ]
         }
     )
 
-    image: str = Field(
-        ..., min_length=1, description="Container image, e.g. ghcr.io/acme/hello:1.2.3."
+    image: Image = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description="Container image, e.g. ghcr.io/acme/hello:1.2.3: "
+        "[registry[:port]/]name[:tag][@sha256:digest].",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy; Kubernetes' default when unset."
@@ -595,10 +842,11 @@ class MicroServiceSpec(Model):
     replicas: int | None = Field(
         None,
         ge=0,
+        le=MAX_REPLICAS,
         description="Desired pods. Ignored while spec.autoscaling is set (the HPA owns it). "
         "`kubectl scale ms/NAME` sets it. When unset, the Deployment keeps the count it "
         "has (1 for a new one): turning autoscaling off keeps the replicas the HPA had "
-        "reached instead of resetting them.",
+        f"reached instead of resetting them. {_REPLICAS_BOUND}",
     )
     command: list[str] | None = Field(None, description="Entrypoint override.")
     args: list[str] | None = Field(None, description="Arguments to the entrypoint.")
@@ -644,6 +892,26 @@ class MicroServiceSpec(Model):
                 "a port with servicePort is required when spec.service is enabled "
                 "(set spec.ports[].servicePort, or spec.service.enabled: false)"
             )
+        ports = self.ports or []
+        if _duplicates([(p.service_port, p.protocol) for p in ports if p.service_port]):
+            raise ValueError(_DUPLICATE_SERVICE_PORT)
+        if _duplicates([(p.node_port, p.protocol) for p in ports if p.node_port]):
+            raise ValueError(_DUPLICATE_NODE_PORT)
+        if (
+            self.service.enabled
+            and self.service.type not in ("NodePort", "LoadBalancer")
+            and any(p.node_port is not None for p in ports)
+        ):
+            raise ValueError(_NODE_PORT_NEEDS_TYPE)
+        probes = self.probes or Probes()
+        for kind in PROBE_KINDS:
+            probe: Probe | None = getattr(probes, kind)
+            if probe is None:
+                continue
+            if isinstance(probe.port, str) and probe.port not in names:
+                raise ValueError(_unknown_probe_port(kind))
+            if probe.enabled and not probe.exec_command and probe.port is None and not ports:
+                raise ValueError(_probe_without_port(kind))
         a = self.autoscaling
         if a is not None and a.min_replicas > a.max_replicas:
             raise ValueError(

@@ -32,6 +32,8 @@ ALLOWED_KEYS = {
     "maxLength",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "pattern",
     "format",
     "anyOf",
@@ -263,6 +265,19 @@ def test_free_form_objects_preserve_unknown_fields() -> None:
         ("spec.autoscaling", "minReplicas must be less than or equal"),
         ("spec.availability", "exactly one of minAvailable or maxUnavailable"),
         ("", "metadata.name must be a DNS-1035 label"),
+        ("spec", "nodePort needs spec.service.type NodePort or LoadBalancer"),
+        ("spec", "servicePort must be unique per protocol"),
+        ("spec", "spec.probes.liveness.port must be a port number or the name"),
+        ("spec", "spec.probes.readiness has nothing to probe"),
+        ("spec.image", "must be an image reference"),
+        ("spec.podTemplate.labels", "must not set the operator's own labels"),
+        ("spec.service.labels", "must not set the operator's own labels"),
+        ("spec.availability.minAvailable", "percentage from"),
+        ("spec.strategy.maxSurge", "percentage from"),
+        ("spec.strategy", "must not both be 0"),
+        ("spec.securityContext", "contradicts runAsNonRoot"),
+        ("spec.probes.readiness.httpGetPath", "must be an absolute URL path"),
+        ("spec.probes.readiness.port", "must be a port number"),
     ],
 )
 def test_cel_rules_present(path: str, message: str) -> None:
@@ -280,3 +295,28 @@ def test_cel_lists_are_bounded() -> None:
     for name, node in spec["properties"].items():
         if node.get("type") == "array" and f"self.{name}" in rules:
             assert "maxItems" in node, name
+
+
+def test_cel_over_collections_and_strings_is_bounded() -> None:
+    """A CEL rule on a node iterates it or matches it: the API server's cost estimate
+    needs maxItems / maxProperties / maxLength there (or refuses the CRD)."""
+    for path, node in nodes(schema()):
+        rules = " ".join(r["rule"] for r in node.get("x-kubernetes-validations", []))
+        if not rules or not path:
+            continue
+        if node.get("type") == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, path
+        if node.get("type") == "string" and "matches(" in rules:
+            assert "maxLength" in node, path
+
+
+def test_replica_counts_have_a_sanity_bound() -> None:
+    spec = schema()["properties"]["spec"]["properties"]
+    for node in (
+        spec["replicas"],
+        spec["autoscaling"]["properties"]["minReplicas"],
+        spec["autoscaling"]["properties"]["maxReplicas"],
+        spec["failover"]["properties"]["standby"]["properties"]["replicas"],
+    ):
+        assert node["maximum"] == api.MAX_REPLICAS
+        assert "sanity bound" in node["description"]

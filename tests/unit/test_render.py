@@ -263,7 +263,7 @@ def test_probe_disabled() -> None:
 def test_pod_template_settings() -> None:
     spec = make(
         podTemplate={
-            "labels": {"team": "cart", "mso.dev/track": "hijack"},
+            "labels": {"team": "cart"},  # reserved labels are refused: test_api_validation
             "annotations": {"prometheus.io/scrape": "true"},
             "nodeSelector": {"disk": "ssd"},
             "tolerations": [{"key": "dedicated", "operator": "Exists"}],
@@ -286,7 +286,7 @@ def test_pod_template_settings() -> None:
     template = render.build_deployment(OWNER, spec, replicas=1)["spec"]["template"]
     labels = template["metadata"]["labels"]
     assert labels["team"] == "cart"
-    assert labels["mso.dev/track"] == "primary"  # ours win
+    assert labels["mso.dev/track"] == "primary"
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["mso.dev/revision"] == render.revision(spec)
@@ -477,8 +477,8 @@ def test_service_headless() -> None:
 
 
 @pytest.mark.parametrize(
-    ("type_", "expected"), [("NodePort", True), ("LoadBalancer", True), ("ClusterIP", False)]
-)
+    ("type_", "expected"), [("NodePort", True), ("LoadBalancer", True)]
+)  # nodePort with ClusterIP is refused: test_api_validation
 def test_service_node_port(type_: str, expected: bool) -> None:
     spec = make(
         ports=[{"containerPort": 5000, "servicePort": 80, "nodePort": 30080}],
