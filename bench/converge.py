@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--count", type=int, default=200, help="MicroServices to create (default 200)")
     p.add_argument("--workers", type=int, default=16, help="concurrent creating clients")
+    p.add_argument("--replicas", type=int, default=1, help="pods per MicroService (default 1)")
     args = p.parse_args(argv)
+    SPEC["replicas"] = args.replicas
     kubeconfig = os.environ.get("KUBECONFIG") or str(ROOT / ".localcluster" / "kubeconfig")
     config.load_kube_config(config_file=kubeconfig)
     api = client.ApiClient()
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
         capture_output=True,
     )
-    nodes = add_nodes(api, max(1, args.count // 500 + 1), f"bench-{uuid.uuid4().hex[:4]}")
+    pods = args.count * args.replicas
+    nodes = add_nodes(api, max(1, pods // 500 + 1), f"bench-{uuid.uuid4().hex[:4]}")
     try:
         results = [
             floor(api, args.count, args.workers),
