@@ -944,7 +944,11 @@ class Condition(Model):
 class RevisionRecord(Model):
     """A pod-template revision and what is needed to render it again."""
 
-    revision: str = Field(..., description="Hash of the rendered pod template.")
+    revision: str = Field(
+        ...,
+        description="Revision: a hash of the spec fields that shape the pod "
+        "(see status.desiredRevision).",
+    )
     image: str = Field(..., description="Image of that revision.")
     spec: FreeForm = Field(
         ...,
@@ -956,14 +960,22 @@ class RevisionRecord(Model):
 class RevisionRef(Model):
     """A revision as status reports it (the record itself is a ControllerRevision)."""
 
-    revision: str = Field(..., description="Hash of the rendered pod template.")
+    revision: str = Field(
+        ...,
+        description="Revision: a hash of the spec fields that shape the pod "
+        "(see status.desiredRevision).",
+    )
     image: str = Field(..., description="Image of that revision.")
 
 
 class QuarantineRecord(Model):
     """A revision judged bad; not applied again until the spec changes."""
 
-    revision: str = Field(..., description="Hash of the rendered pod template.")
+    revision: str = Field(
+        ...,
+        description="Revision: a hash of the spec fields that shape the pod "
+        "(see status.desiredRevision).",
+    )
     image: str = Field(..., description="Image of that revision.")
     reason: str = Field(..., description="Why it was judged bad (e.g. ProgressDeadlineExceeded).")
     message: str = Field("", description="Details.")
@@ -1022,10 +1034,15 @@ class MicroServiceStatus(Model):
         None, description="Track the Service sends traffic to: primary or standby."
     )
     current_revision: str | None = Field(
-        None, description="Revision (pod template hash) the primary Deployment runs."
+        None,
+        description="Revision the primary Deployment runs (its pod template's mso.dev/revision).",
     )
     desired_revision: str | None = Field(
-        None, description="Revision the spec asks for (differs after a rollback)."
+        None,
+        description="Revision the spec asks for (differs after a rollback): a hash of the "
+        "normalised spec fields that shape the pod (image, command, args, env, container "
+        "ports, resources, probes, podTemplate, securityContext), independent of the "
+        "operator's version.",
     )
     last_known_good_revision: str | None = Field(
         None, description="Last revision that reached full health."

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import api, history
+from .health import parse_time
 from .plan import FAILBACK_ANNOTATION, PAUSED_ANNOTATION, RETRY_ANNOTATION
 from .render import INSTANCE_LABEL, REVISION_ANNOTATION, TRACK_LABEL, child_name
 
@@ -279,19 +280,9 @@ def _pdb_belongs(pdb: Obj, name: str) -> bool:
 # --------------------------------------------------------------------------- view
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 def age(value: object, now: datetime) -> str:
     """kubectl-style age of an RFC 3339 timestamp: 42s, 5m10s, 3h, 2d4h; '-' if unknown."""
-    when = _parse_time(value)
+    when = parse_time(value)
     if when is None:
         return "-"
     seconds = max(0, int((now - when).total_seconds()))

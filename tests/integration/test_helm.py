@@ -31,6 +31,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.helmtool import build_helm
 from tests.integration.fixtures import KubeCluster
 from tests.integration.helpers import wait_for
 
@@ -38,27 +39,12 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "microservice-operator"
-HELM_SH = ROOT / "tools" / "helm.sh"
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
 MS_CRD = "microservices.mso.dev"
 PSA_RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-def build_helm() -> str:
-    """tools/helm.sh's helm (built once), or skip when Go is missing to build it."""
-    try:
-        proc = subprocess.run(
-            [str(HELM_SH)], capture_output=True, text=True, timeout=580, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("tools/helm.sh did not finish building helm within 580 s; run it by hand")
-    if proc.returncode == 2 and "'go' not found" in proc.stderr:
-        pytest.skip("Go is not installed, so tools/helm.sh cannot build helm")
-    assert proc.returncode == 0, f"tools/helm.sh failed:\n{proc.stderr}"
-    return proc.stdout.strip().splitlines()[-1]
 
 
 @dataclass

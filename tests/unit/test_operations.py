@@ -455,3 +455,30 @@ def test_pacer_grants_at_most_n_per_minute() -> None:
     assert pacer.take(60.5)
     assert Pacer(0).wait(0.0) is None
     assert not Pacer(0).take(0.0)
+
+
+def test_a_retry_cut_short_after_lifting_the_quarantine_still_gets_a_fresh_deadline() -> None:
+    """Killed after the quarantine record was deleted but before status was written:
+    the stored revisionSince is an hour old, yet the retry is not judged overdue, because
+    the clock never starts before the user's last write to the MicroService (here the
+    annotation that asked for the retry)."""
+    obj, observed, bad_rev = _quarantined()
+    first = plan.plan(obj, observed, NOW)
+    obj["status"] = first.status
+    obj["status"]["failoverState"]["revisionSince"] = plan.rfc3339(NOW - timedelta(hours=1))
+    asked_at = NOW + timedelta(minutes=30)
+    obj = annotated(obj, **{plan.RETRY_ANNOTATION: bad_rev})
+    obj["metadata"]["managedFields"] = [
+        {"manager": "kubectl-annotate", "operation": "Update", "time": plan.rfc3339(asked_at)}
+    ]
+    lifted = with_(
+        observed,
+        revisions=tuple(
+            r for r in observed.revisions if not r["metadata"]["name"].startswith("shop-bad-")
+        ),
+    )
+    p = plan.plan(obj, lifted, asked_at + timedelta(seconds=5))
+    assert "RolledBack" not in [e.reason for e in p.events]
+    assert p.handled_annotations == [(plan.RETRY_ANNOTATION, bad_rev)]
+    dep = next(m for m in p.applies if m["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "hello:2"
