@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from . import plan as planning
@@ -56,6 +57,9 @@ MAX_TRANSIENT_BACKOFF = 16.0
 """Retries of API outages (no answer, 429, 5xx) stay frequent: the API coming back must
 be noticed in seconds, not after a backoff that grew during the outage."""
 SUPERVISE_SECONDS = 2.0
+CHILD_EVENT_DELAY = 0.25
+"""Seconds a child's change waits before its MicroService is reconciled; changes of
+its other children meanwhile join the same reconcile."""
 
 
 def _exit_now(code: int) -> None:
@@ -63,6 +67,55 @@ def _exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def fingerprint(ms: dict[str, Any], observed: planning.Observed) -> tuple[Any, ...]:
+    """What a plan is made from, by version: the MicroService's resourceVersion (its
+    spec, annotations and status) and each child's kind, name and resourceVersion.
+    The cache stores a new version of an object only when it has one."""
+
+    def version(obj: dict[str, Any]) -> tuple[str, str, str]:
+        meta = obj.get("metadata") or {}
+        return (
+            str(obj.get("kind", "")),
+            str(meta.get("name", "")),
+            str(meta.get("resourceVersion", "")),
+        )
+
+    children = (
+        observed.deployment,
+        observed.standby,
+        observed.service,
+        observed.hpa,
+        observed.pdb,
+        observed.standby_pdb,
+    )
+    return (
+        version(ms),
+        tuple(version(c) if c is not None else None for c in children),
+        tuple(sorted(version(p) for p in observed.pods)),
+        tuple(sorted(version(r) for r in observed.revisions)),
+    )
+
+
+@dataclass(frozen=True)
+class Memo:
+    """The inputs of a reconcile that found nothing to do, and until when that holds
+    (its earliest timer, monotonic; None: no timer)."""
+
+    inputs: tuple[Any, ...]
+    until: float | None
+
+    @classmethod
+    def after(cls, inputs: tuple[Any, ...], requeue_after: float | None, now: float) -> Memo:
+        return cls(inputs, None if requeue_after is None else now + requeue_after)
+
+    def still_holds(self, inputs: tuple[Any, ...], now: float) -> bool:
+        return inputs == self.inputs and (self.until is None or now < self.until)
+
+    def requeue_after(self, now: float) -> float | None:
+        """The timer the memoised plan asked for, from ``now``."""
+        return None if self.until is None else max(0.0, self.until - now)
 
 
 class Controller:
@@ -88,6 +141,7 @@ class Controller:
         self.elector: Elector | None = None
         self._exit = exit_process
         self._failures: dict[Key, int] = {}
+        self._memo: dict[Key, Memo] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set while this replica may reconcile: always when standalone, once it
@@ -276,13 +330,19 @@ class Controller:
 
     def _enqueue(self, kind: str, keys: set[Key]) -> None:
         for key in keys:
-            if kind == MS_KIND or self.store.get(MS_KIND, *key) is not None:
+            if kind == MS_KIND:
                 self.queue.add(key)
+            elif self.store.get(MS_KIND, *key) is not None:
+                # Children change in bursts (a rollout moves every pod through several
+                # states within a second): wait a moment, so one reconcile sees the
+                # burst instead of one reconcile per pod event.
+                self.queue.add_after(key, CHILD_EVENT_DELAY)
 
     def _forget(self, key: Key) -> None:
         """The MicroService is gone: drop its timers, backoff and metrics."""
         self.queue.forget(key)
         self._failures.pop(key, None)
+        self._memo.pop(key, None)
         if key in self.metrics.tracked():
             self.metrics.forget(*key)
             log.info("Forgot MicroService %s/%s (deleted)", *key)
@@ -364,6 +424,14 @@ class Controller:
         ns, name = key
         now = utcnow()
         observed = self.executor.observed(key)
+        memo = self._memo.get(key)
+        inputs = fingerprint(ms, observed)
+        if memo is not None and memo.still_holds(inputs, time.monotonic()):
+            # Nothing the plan reads changed since it last found nothing to do, and
+            # none of its timers is due: planning again would find nothing again.
+            self.metrics.reconcile_skipped()
+            return memo.requeue_after(time.monotonic())
+        self._memo.pop(key, None)
         p = planning.plan(ms, observed, now, refresh=False)
         refresh = False
         if p.stale_templates and self.pacer.take(time.monotonic()):
@@ -419,6 +487,8 @@ class Controller:
             transient = exc.transport or exc.status == 429 or exc.status >= 500
             return self._backoff(key, transient=transient)
         self._failures.pop(key, None)
+        if p.is_noop and not p.stale_templates and not (p.observed and p.observed.live):
+            self._memo[key] = Memo.after(inputs, p.requeue_after, time.monotonic())
         if p.invalid and p.events:  # counted once per new problem, not per pod event
             self.metrics.reconcile_error("InvalidSpec")
         if p.stale_templates and not refresh:

@@ -18,6 +18,7 @@ from . import plan as planning
 from .diff import controlled_by
 from .informer import Store, trim_pod
 from .kube import (
+    ALREADY_EXISTS,
     BY_KIND,
     CONTROLLERREVISIONS,
     DEPLOYMENTS,
@@ -137,8 +138,7 @@ class Executor:
             kind = manifest["kind"]
             child = manifest["metadata"]["name"]
             seen = p.observed.find(kind, child) if p.observed is not None else None
-            self.check_unseen(ms, kind, child, seen)
-            live = self.kube.apply(manifest)
+            live = self.apply_child(ms, manifest, seen)
             self.store.put_written(kind, live)
             log.info("%s %s %s/%s", "Created" if seen is None else "Updated", kind, ns, child)
         for kind, child, uid in p.deletes:
@@ -159,29 +159,37 @@ class Executor:
             if patched is not None:
                 self.store.put_written(MS_KIND, patched)
 
-    def check_unseen(
-        self, ms: dict[str, Any], kind: str, child: str, seen: dict[str, Any] | None
-    ) -> None:
-        """Before applying a child the plan did not see, look for it live.
+    def apply_child(
+        self, ms: dict[str, Any], manifest: dict[str, Any], seen: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Apply a child; one the plan did not see is only created, never adopted.
 
-        Someone else's object of that name is refused (applying with force would
-        silently adopt and rewrite it). Our own object means the plan was made from a
-        cache that missed it, so it may be wrong (the Service's selector, the standby's
-        size): StaleCache, and the controller plans again from a live read.
+        A child the plan saw (ours, in the cache) is applied as usual. One it did not
+        see is applied create-only, which costs no read beforehand: nearly always it
+        does not exist and is created. If it does exist, it is left untouched and
+        looked at: someone else's object of that name is refused (applying with force
+        would silently adopt and rewrite it); our own means the plan was made from a
+        cache that missed it, so it may be wrong (the Service's selector, the
+        standby's size): StaleCache, and the controller plans again from a live read.
         """
         if seen is not None:
-            return
+            return self.kube.apply(manifest)
+        try:
+            return self.kube.apply(manifest, create_only=True)
+        except KubeError as exc:
+            if exc.reason != ALREADY_EXISTS:
+                raise
         meta = ms["metadata"]
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
         existing = self.kube.get(BY_KIND[kind], meta["namespace"], child)
-        if existing is None:
-            return
-        if not controlled_by(existing, meta.get("uid", "")):
+        if existing is not None and not controlled_by(existing, meta.get("uid", "")):
             raise KubeError(
                 409,
                 "ChildConflict",
                 f"{kind} {meta['namespace']}/{child} already exists and is not owned by "
                 "this MicroService; rename or delete it",
             )
+        # Ours, or deleted in between: either way the plan's view was not the cluster's.
         raise KubeError(0, STALE, f"{kind} {meta['namespace']}/{child} exists but was not seen")
 
     def write_status(self, ms: dict[str, Any], p: planning.Plan) -> None:

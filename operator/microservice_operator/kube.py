@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -84,12 +85,49 @@ that is not, or no longer, the leader must not write), else returns the seconds 
 write may take at most (None: no limit), so no write is still in flight when another
 replica may have taken over."""
 
+ALREADY_EXISTS = "AlreadyExists"
+"""KubeError reason of a ``create_only`` apply whose object already exists."""
+UNMATCHABLE_RESOURCE_VERSION = "1"
+"""A resourceVersion precondition no stored object meets: etcd's revision starts at 1
+and every write raises it, so the first stored object already has 2 or more."""
+
 WRITE_VERBS = frozenset({"apply", "patch", "create", "update", "delete"})
 REQUEST_TIMEOUT = 30.0
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError,  # MaxRetryError, ProtocolError, timeouts, SSL errors
     OSError,  # refused, reset, unreachable
 )
+
+
+_METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def request_labels(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request by its method and URL, for requests this module
+    does not send itself (kopf's): ``GET /apis/apps/v1/namespaces/ns/deployments``
+    is ("list", "deployments"); a ``?watch=`` query is a watch; the API discovery
+    paths (``/api``, ``/apis/group/version``) are ("get", "discovery")."""
+    parsed = urllib.parse.urlsplit(url)
+    parts = [p for p in parsed.path.split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return ("get" if method.upper() == "GET" else "other"), "other"
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]  # a namespaced resource
+    if not rest:
+        return ("get" if method.upper() == "GET" else "other"), "discovery"
+    resource, named = rest[0], len(rest) > 1
+    verb = _METHOD_VERBS.get(method.upper(), "other")
+    if method.upper() == "GET":
+        query = urllib.parse.parse_qs(parsed.query)
+        if query.get("watch", [""])[0] in ("true", "1"):
+            verb = "watch"
+        else:
+            verb = "get" if named else "list"
+    return verb, resource
 
 
 class KubeError(Exception):
@@ -385,13 +423,40 @@ class Kube:
             yield from namespaces
 
     # ----------------------------------------------------------------- writes
-    def apply(self, manifest: dict[str, Any], *, manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    def apply(
+        self,
+        manifest: dict[str, Any],
+        *,
+        manager: str = FIELD_MANAGER,
+        create_only: bool = False,
+    ) -> dict[str, Any]:
         """Server-side apply: we become the owner of exactly the fields in ``manifest``.
 
         ``force`` takes fields over from other managers, as a controller must: the
         MicroService is the source of truth for everything we render.
+
+        ``create_only`` makes the apply create the object or do nothing: it carries a
+        resourceVersion precondition no stored object can meet (etcd revisions of
+        stored objects start at 2), so an object of that name that already exists,
+        whoever owns it, is left untouched and the call raises
+        :data:`ALREADY_EXISTS`. A create made this way is still an *Apply* in
+        managedFields (a POST would record an Update, whose fields later applies
+        could never drop), and it costs no GET beforehand.
         """
         resource = BY_KIND[manifest["kind"]]
+        meta = manifest["metadata"]
+        if create_only:
+            meta = {**meta, "resourceVersion": UNMATCHABLE_RESOURCE_VERSION}
+            manifest = {**manifest, "metadata": meta}
+            try:
+                return self._apply(resource, manifest, manager)
+            except KubeError as exc:
+                if exc.conflict:
+                    raise KubeError(409, ALREADY_EXISTS, exc.message) from exc
+                raise
+        return self._apply(resource, manifest, manager)
+
+    def _apply(self, resource: Resource, manifest: dict[str, Any], manager: str) -> dict[str, Any]:
         meta = manifest["metadata"]
         return self._call(
             "apply",

@@ -112,6 +112,7 @@ KUBE_RESOURCES: Final = (
     "controllerrevisions",
     "namespaces",
     "customresourcedefinitions",
+    "discovery",
     "other",
 )
 _KUBE_RESOURCE_BY_KIND: Final = {
@@ -381,6 +382,12 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=reg,
         )
+        self.reconciles_skipped = Counter(
+            "mso_reconciles_skipped",
+            "Reconciles skipped because nothing they read changed since the last one found "
+            "nothing to do, and none of its timers was due.",
+            registry=reg,
+        )
         self.reconcile_errors = Counter(
             "mso_reconcile_errors",
             "Reconciles that failed, by reason (InvalidSpec, ApiError, Conflict, Timeout, Other).",
@@ -523,6 +530,10 @@ class OperatorMetrics:
             yield
         finally:
             self.reconcile_duration.observe(time.perf_counter() - start)
+
+    def reconcile_skipped(self) -> None:
+        """Count a reconcile skipped as unchanged (controller.Memo)."""
+        self.reconciles_skipped.inc()
 
     def reconcile_error(self, reason: str | BaseException) -> None:
         """Count a failed reconcile. Pass one of RECONCILE_ERROR_REASONS or the exception

@@ -136,6 +136,16 @@ class Plan:
     stale_templates: list[str] = field(default_factory=list)  # rendering changes (paced)
 
     @property
+    def is_noop(self) -> bool:
+        """Nothing to write, record or count: the MicroService is as it should be."""
+        return (
+            self.writes == 0
+            and not self.status_changed
+            and not self.events
+            and not (self.rollbacks or self.failovers or self.remediations)
+        )
+
+    @property
     def writes(self) -> int:
         """Number of writes to children this plan makes."""
         return (
@@ -335,6 +345,7 @@ class _Revision:
     source_spec: MicroServiceSpec | None
     assessed: health.Health
     pods: list[health.PodObservation]
+    revision_since: datetime | None = None  # when the judged revision was asked for
 
 
 def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool = True) -> Plan:
@@ -569,6 +580,7 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         source_spec=source_spec,
         assessed=assessed,
         pods=pod_obs,
+        revision_since=revision_since,
     )
 
 
@@ -791,6 +803,31 @@ def _status_phase(
     result, assessed, decision, state = r.result, rev.assessed, rev.decision, r.state
     standby_configured = r.spec.failover.standby is not None
     prev_good = r.records.last_known_good
+    dep, running = r.observed.deployment, rev.running
+    if dep is None:
+        # A Deployment this plan creates is reported as the next reconcile will see
+        # it, rolling out: "Pending" would be true for the milliseconds until the
+        # apply and cost a status write of its own. If the apply fails, the error
+        # replaces this status anyway.
+        dep = next(
+            (
+                m
+                for m in result.applies
+                if m["kind"] == "Deployment" and m["metadata"]["name"] == r.name
+            ),
+            None,
+        )
+        if dep is not None:
+            dep_obs, _ = _aliased(health.observe_deployment(dep), [], r.aliases)
+            running = dep_obs.revision if dep_obs is not None else None
+            assessed = health.assess(
+                dep_obs,
+                rev.pods,
+                r.spec.failover,
+                r.now,
+                revision=assessed.revision,
+                revision_since=rev.revision_since,
+            )
     status = build_status(
         spec=r.spec,
         old=r.old,
@@ -798,10 +835,10 @@ def _status_phase(
         generation=r.generation,
         ts=rfc3339(r.now),
         assessed=assessed,
-        dep=r.observed.deployment,
+        dep=dep,
         standby_ready=standby_ready if standby_configured else None,
         desired_revision=rev.desired,
-        running_revision=rev.running,
+        running_revision=running,
         rolled_back=rev.rolled_back,
         decision=decision,
         track=track,

@@ -541,6 +541,40 @@ def test_api_error_on_a_child_surfaces_in_a_condition(
     wait_ready(kube_api, namespace, "hello")
 
 
+def test_a_same_named_object_of_someone_else_is_left_alone(
+    kubeconfig: Path, kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    """Children are created without a read first (a create-only apply); a Service the
+    user already has under the child's name is neither adopted nor changed, the
+    MicroService says why it is stuck, and goes on once the name is free."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="hello", labels={"owner": "someone"}),
+            spec=client.V1ServiceSpec(
+                selector={"app": "theirs"}, ports=[client.V1ServicePort(port=9999)]
+            ),
+        ),
+    )
+    theirs = core.read_namespaced_service("hello", namespace).metadata.resource_version
+    apply_ms(kubeconfig, namespace, sample("hello.yaml"))
+    ms = wait_condition(kube_api, namespace, "hello", "Ready", reason="ChildConflict", timeout=30)
+    c = cond(ms, "Ready")
+    assert c is not None and "already exists and is not owned" in c["message"], c
+    svc = core.read_namespaced_service("hello", namespace)
+    assert svc.metadata.resource_version == theirs
+    assert not svc.metadata.owner_references
+    assert "microservice-operator" not in {m.manager for m in svc.metadata.managed_fields}
+    core.delete_namespaced_service("hello", namespace)
+    ms = wait_ready(kube_api, namespace, "hello")
+    svc = core.read_namespaced_service("hello", namespace)
+    assert [r.uid for r in svc.metadata.owner_references] == [ms["metadata"]["uid"]]
+    # Created by an apply: our fields are owned as Apply, so later applies can drop them.
+    ours = [m for m in svc.metadata.managed_fields if m.manager == "microservice-operator"]
+    assert [m.operation for m in ours] == ["Apply"], ours
+
+
 def test_converged_microservices_cost_no_writes(
     kubeconfig: Path, kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:

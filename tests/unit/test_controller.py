@@ -3,14 +3,21 @@ liveness verdict when a background part died."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from tests.unit.test_plan import HELLO, NOW, converged
 
-from microservice_operator.controller import Controller
+from microservice_operator import controller as controller_mod
+from microservice_operator import plan as planning
+from microservice_operator.controller import Controller, Memo
 from microservice_operator.execute import Executor
 from microservice_operator.informer import Store
-from microservice_operator.kube import DEPLOYMENTS, LEASES, KubeError
+from microservice_operator.kube import ALREADY_EXISTS, DEPLOYMENTS, LEASES, KubeError
 from microservice_operator.metrics import OperatorMetrics
 from microservice_operator.settings import Settings
 
@@ -64,16 +71,27 @@ def test_standalone_never_refuses() -> None:
 
 
 class OneObjectKube:
-    """Answers GETs with one object (or none)."""
+    """Holds one object (or none) and records the calls, with the API server's
+    create-only apply semantics: an existing object is left alone."""
 
     def __init__(self, obj: dict[str, Any] | None) -> None:
         self.obj = obj
+        self.calls: list[str] = []
 
     def get(self, *_: Any, **__: Any) -> dict[str, Any] | None:
+        self.calls.append("get")
         return self.obj
+
+    def apply(self, manifest: dict[str, Any], *, create_only: bool = False) -> dict[str, Any]:
+        self.calls.append("create" if create_only else "apply")
+        if create_only and self.obj is not None:
+            raise KubeError(409, ALREADY_EXISTS, "the object has been modified")
+        self.obj = manifest
+        return manifest
 
 
 MS = {"metadata": {"name": "web", "namespace": "ns", "uid": "u1"}}
+SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"}}
 
 
 def owned_by(uid: str) -> dict[str, Any]:
@@ -84,16 +102,133 @@ def owned_by(uid: str) -> dict[str, Any]:
     ("live", "reason"),
     [(None, None), (owned_by("u1"), "StaleCache"), (owned_by("someone"), "ChildConflict")],
 )
-def test_a_child_the_plan_did_not_see_is_looked_up_before_it_is_applied(
+def test_a_child_the_plan_did_not_see_is_only_created_never_adopted(
     live: dict[str, Any] | None, reason: str | None
 ) -> None:
-    """Our own child missing from the cache means the plan (e.g. the Service's track)
-    may be wrong: plan again from a live read instead of applying it."""
-    ex = Executor(OneObjectKube(live), Store(), OperatorMetrics())  # type: ignore[arg-type]
+    """A new child costs one create-only apply and no read. One that exists is left as
+    it is: someone else's is a conflict, and our own missing from the cache means the
+    plan (e.g. the Service's track) may be wrong: plan again from a live read."""
+    kube = OneObjectKube(live)
+    ex = Executor(kube, Store(), OperatorMetrics())  # type: ignore[arg-type]
     if reason is None:
-        ex.check_unseen(MS, "Service", "web", None)
+        assert ex.apply_child(MS, SERVICE, None) == SERVICE
+        assert kube.calls == ["create"]
         return
     with pytest.raises(KubeError) as err:
-        ex.check_unseen(MS, "Service", "web", None)
+        ex.apply_child(MS, SERVICE, None)
     assert err.value.reason == reason
-    ex.check_unseen(MS, "Service", "web", owned_by("u1"))  # seen: no lookup at all
+    assert kube.calls == ["create", "get"]
+    assert kube.obj is live  # untouched
+    kube.calls.clear()
+    ex.apply_child(MS, SERVICE, owned_by("u1"))  # seen: applied, no lookup at all
+    assert kube.calls == ["apply"]
+
+
+# ----------------------------------------------------------------------------- memo
+
+
+class NoWrites:
+    """A Kube that fails every call: a converged MicroService must cost none."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected API call: {name}")
+
+
+def versioned(obj: dict[str, Any] | None, rv: str) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    out = copy.deepcopy(obj)
+    out["metadata"]["resourceVersion"] = rv
+    return out
+
+
+@pytest.fixture
+def memoised(monkeypatch: pytest.MonkeyPatch) -> tuple[Controller, dict[str, Any], list[int]]:
+    """A controller holding a converged MicroService (with versions), and the count of
+    plans it made. Returns the controller, the mutable observation and the count."""
+    obj, observed = converged(HELLO)
+    obj["metadata"]["resourceVersion"] = "5"
+    state: dict[str, Any] = {
+        "ms": obj,
+        "observed": dataclasses.replace(
+            observed,
+            deployment=versioned(observed.deployment, "11"),
+            service=versioned(observed.service, "12"),
+            pods=tuple(versioned(p, f"2{i}") for i, p in enumerate(observed.pods)),
+        ),
+    }
+    c = Controller(NoWrites(), OperatorMetrics(), Settings(), exit_process=lambda _: None)  # type: ignore[arg-type]
+    c.executor.observed = lambda key: state["observed"]  # type: ignore[method-assign]
+    plans: list[int] = []
+    real_plan = planning.plan
+
+    def counting(*args: Any, **kwargs: Any) -> planning.Plan:
+        plans.append(1)
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "plan", counting)
+    monkeypatch.setattr(controller_mod, "utcnow", lambda: NOW + timedelta(seconds=30))
+    return c, state, plans
+
+
+def test_an_unchanged_microservice_is_not_planned_again(
+    memoised: tuple[Controller, dict[str, Any], list[int]],
+) -> None:
+    c, state, plans = memoised
+    assert c._reconcile(state["ms"], ("ns", "shop")) is None
+    assert len(plans) == 1  # planned, found nothing to do
+    c._reconcile(state["ms"], ("ns", "shop"))
+    c._reconcile(state["ms"], ("ns", "shop"))
+    assert len(plans) == 1
+    assert c.metrics.reconciles_skipped._value.get() == 2
+
+
+@pytest.mark.parametrize("change", ["pod", "deployment", "microservice", "new pod", "gone pod"])
+def test_a_changed_child_or_microservice_is_planned_again(
+    memoised: tuple[Controller, dict[str, Any], list[int]], change: str
+) -> None:
+    c, state, plans = memoised
+    c._reconcile(state["ms"], ("ns", "shop"))
+    observed = state["observed"]
+    if change == "pod":
+        pods = (versioned(observed.pods[0], "99"), *observed.pods[1:])
+        state["observed"] = dataclasses.replace(observed, pods=pods)
+    elif change == "new pod":
+        state["observed"] = dataclasses.replace(
+            observed, pods=(*observed.pods, versioned(observed.pods[0], "98"))
+        )
+    elif change == "gone pod":
+        state["observed"] = dataclasses.replace(observed, pods=observed.pods[1:])
+    elif change == "deployment":
+        state["observed"] = dataclasses.replace(
+            observed, deployment=versioned(observed.deployment, "99")
+        )
+    else:  # a new generation (or annotation, or status) is a new resourceVersion
+        state["ms"] = versioned(state["ms"], "6")
+    with contextlib.suppress(AssertionError):  # a changed input may call for a write
+        c._reconcile(state["ms"], ("ns", "shop"))
+    assert len(plans) == 2
+
+
+def test_a_memo_lasts_until_the_plans_first_timer() -> None:
+    memo = Memo.after(("inputs",), 10.0, now=100.0)
+    assert memo.still_holds(("inputs",), 109.9)
+    assert memo.requeue_after(104.0) == 6.0
+    assert not memo.still_holds(("inputs",), 110.0)  # the timer is due: plan again
+    assert not memo.still_holds(("other",), 101.0)
+    forever = Memo.after(("inputs",), None, now=100.0)
+    assert forever.still_holds(("inputs",), 1e9) and forever.requeue_after(5.0) is None
+
+
+def test_a_plan_that_writes_is_not_memoised(
+    memoised: tuple[Controller, dict[str, Any], list[int]],
+) -> None:
+    c, state, plans = memoised
+    drifted = copy.deepcopy(state["observed"].deployment)
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    state["observed"] = dataclasses.replace(state["observed"], deployment=drifted)
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="unexpected API call: apply"):
+            c._reconcile(state["ms"], ("ns", "shop"))
+    assert len(plans) == 2
+    assert ("ns", "shop") not in c._memo

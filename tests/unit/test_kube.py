@@ -2,7 +2,7 @@
 
 import pytest
 
-from microservice_operator.kube import DEPLOYMENTS, MICROSERVICES, PODS, KubeError
+from microservice_operator.kube import DEPLOYMENTS, MICROSERVICES, PODS, KubeError, request_labels
 
 
 def test_paths() -> None:
@@ -32,3 +32,36 @@ def test_paths() -> None:
 def test_error_classification(status: int, message: str, invalid: bool, terminating: bool) -> None:
     err = KubeError(status, "Reason", message)
     assert (err.invalid, err.namespace_terminating) == (invalid, terminating)
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "labels"),
+    [
+        ("GET", "https://k:6443/api", ("get", "discovery")),
+        ("GET", "https://k:6443/api/v1", ("get", "discovery")),
+        ("GET", "https://k:6443/apis/apiextensions.k8s.io/v1", ("get", "discovery")),
+        (
+            "GET",
+            "https://k:6443/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=true",
+            ("watch", "customresourcedefinitions"),
+        ),
+        ("GET", "https://k:6443/api/v1/namespaces", ("list", "namespaces")),
+        ("GET", "https://k:6443/api/v1/namespaces/ns", ("get", "namespaces")),
+        ("GET", "https://k:6443/api/v1/namespaces/ns/pods?limit=5", ("list", "pods")),
+        (
+            "GET",
+            "https://k:6443/apis/apps/v1/namespaces/ns/deployments/web",
+            ("get", "deployments"),
+        ),
+        ("POST", "https://k:6443/api/v1/namespaces/ns/events", ("create", "events")),
+        (
+            "PATCH",
+            "https://k:6443/apis/mso.dev/v1alpha1/namespaces/n/microservices/x/status",
+            ("patch", "microservices"),
+        ),
+        ("DELETE", "https://k:6443/api/v1/namespaces/ns/pods/p", ("delete", "pods")),
+        ("GET", "https://k:6443/version", ("get", "other")),
+    ],
+)
+def test_request_labels_name_kopfs_requests(method: str, url: str, labels: tuple[str, str]) -> None:
+    assert request_labels(method, url) == labels

@@ -424,6 +424,7 @@ def test_exposition_holds_only_documented_families(m: OperatorMetrics) -> None:
         "mso_pod_remediations",
         "mso_reconcile_duration_seconds",
         "mso_reconcile_errors",
+        "mso_reconciles_skipped",
         "mso_kube_requests",
         "mso_build_info",
     }

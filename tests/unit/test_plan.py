@@ -132,14 +132,23 @@ def with_history(observed: plan.Observed, p: plan.Plan) -> plan.Observed:
     return plan.Observed(**{**observed.__dict__, "revisions": (*kept, *created)})
 
 
-def test_first_reconcile_applies_deployment_and_service_and_reports_pending() -> None:
+def test_first_reconcile_applies_deployment_and_service_and_reports_progressing() -> None:
+    """The Deployment the plan creates is reported as rolling out at once: one status
+    write for the create, not a "Pending" one and then a "Progressing" one."""
     p = plan.plan(ms(HELLO), plan.Observed(), NOW)
     assert sorted(m["kind"] for m in p.applies) == ["Deployment", "Service"]
     assert all(diff.APPLIED_HASH in m["metadata"]["annotations"] for m in p.applies)
-    assert p.status["phase"] == "Pending"
+    assert p.status["phase"] == "Progressing"
+    assert p.status["ready"] == "0/3"
     assert p.status_changed
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "Pending")
+    assert (ready["status"], ready["reason"]) == ("False", "RollingOut")
+    dep = next(m for m in p.applies if m["kind"] == "Deployment")
+    observed = plan.Observed(deployment=live_of(dep))
+    obj = ms(HELLO)
+    obj["status"] = p.status
+    again = plan.plan(obj, observed, NOW + timedelta(seconds=1))
+    assert not again.status_changed  # seeing the new Deployment is no change
 
 
 def test_converged_microservice_plans_no_writes_and_no_status_change() -> None:
