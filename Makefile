@@ -60,17 +60,26 @@ crds: venv ## Regenerate crds/ from the pydantic models
 image: ## Build the operator image with podman, no Docker engine needed (tools/image.sh)
 	tools/image.sh
 
+# Tests run in TEST_WORKERS processes against one control plane (pytest-xdist; each
+# process's operators watch only its own namespaces, see tests/integration/fixtures.py),
+# a file per process at a time. Tests marked `serial` change the control plane for
+# everyone (restart it, cut its network, replace the CRD) and run afterwards, alone.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
 unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit
 
 integration: venv tools ## Integration tests against the local control plane (or $$KUBECONFIG)
-	$(BIN)/pytest tests/integration
+	$(PYTEST_PARALLEL) -m "not serial" tests/integration
+	$(BIN)/pytest -m serial tests/integration
 
 faults: venv tools ## Fault-injection suite (kills, control-plane restarts, network faults)
 	$(BIN)/pytest tests/faults
 
 test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
-	$(BIN)/pytest tests/unit tests/integration tests/faults
+	$(PYTEST_PARALLEL) -m "not serial" tests/unit tests/integration
+	$(BIN)/pytest -m serial tests/integration tests/faults
 
 cluster-up: venv ## Build (once) and start the local control plane
 	$(LOCALCLUSTER) up

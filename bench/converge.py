@@ -9,10 +9,18 @@ Runs against the cluster in KUBECONFIG (the local control plane by default, see
    concurrently, and we wait until all report Ready=True.
 
 Reported: wall time to all Ready, API requests per MicroService by verb (from the
-operator's own ``mso_kube_requests_total``), operator peak RSS and CPU seconds, and
-the ratio operator/floor. Extra kwok nodes are added for the pods and removed after.
+operator's own ``mso_kube_requests_total``, which counts every request of the
+process, kopf's included; status patches apart from other patches), operator peak
+RSS and CPU seconds, and the ratio operator/floor. Extra kwok nodes are added for
+the pods and removed after.
+
+``--restart`` adds a third phase: with all N converged and quiet, the operator is
+restarted; reported are the seconds until its caches are synced and every
+MicroService was reconciled once, and the writes it made meanwhile and in the 30 s
+after (a converged fleet must cost none).
 
     python -m bench.converge --count 200
+    python -m bench.converge --count 10000 --no-floor --restart
 """
 
 from __future__ import annotations
@@ -60,15 +68,18 @@ class Result:
     requests: Counter[str] = field(default_factory=Counter)
     rss_mb: float | None = None
     cpu_s: float | None = None
+    writes: int | None = None  # restart phase: writes made
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll once a second until ``predicate`` holds."""
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, every: float = 1.0
+) -> None:
+    """Poll every ``every`` seconds until ``predicate`` holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(1)
+        time.sleep(every)
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
@@ -157,8 +168,23 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, cpu
 
 
-def with_operator(api: client.ApiClient, kubeconfig: str, count: int, workers: int) -> Result:
-    """N MicroServices through the real operator."""
+ALL_VERBS = ("get", "list", "watch", "create", "patch", "apply", "delete", "update")
+WRITES = ("create", "patch", "apply", "delete", "update")
+
+
+def column(verb: str, resource: str) -> str:
+    """The table column of a request: status patches apart from other patches."""
+    return "status" if (verb, resource) == ("patch", "microservices") else verb
+
+
+def scrape_total(op: OperatorProcess, name: str) -> float:
+    return sum(v for (n, _), v in op.scrape().items() if n == name)
+
+
+def with_operator(
+    api: client.ApiClient, kubeconfig: str, count: int, workers: int, restart: Result | None
+) -> Result:
+    """N MicroServices through the real operator (and its restart, if asked)."""
     ns = f"bench-op-{uuid.uuid4().hex[:6]}"
     create_namespace(api, ns)
     result = Result("operator", count)
@@ -166,7 +192,7 @@ def with_operator(api: client.ApiClient, kubeconfig: str, count: int, workers: i
     op.start()
     try:
         assert op.proc is not None
-        base = op.requests(verbs=("get", "list", "watch", "create", "patch", "apply", "delete"))
+        base = op.requests(verbs=ALL_VERBS)
         custom = client.CustomObjectsApi(api)
 
         def create(i: int) -> None:
@@ -198,16 +224,47 @@ def with_operator(api: client.ApiClient, kubeconfig: str, count: int, workers: i
                         ready += 1
             return ready == count
 
-        wait_until(all_ready, 3600, f"{count} MicroServices Ready")
+        # Listing all N each poll loads the API server too: poll less often at scale.
+        wait_until(all_ready, 3600, f"{count} MicroServices Ready", every=max(1.0, count / 2000))
         result.seconds = time.monotonic() - start
-        after = op.requests(verbs=("get", "list", "watch", "create", "patch", "apply", "delete"))
-        for (verb, _res), value in after.items():
-            result.requests[verb] += int(value - base.get((verb, _res), 0))
+        after = op.requests(verbs=ALL_VERBS)
+        for (verb, res), value in after.items():
+            result.requests[column(verb, res)] += int(value - base.get((verb, res), 0))
         result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+        if restart is not None:
+            restarted(op, count, restart)
     finally:
         op.stop()
         client.CoreV1Api(api).delete_namespace(ns)
     return result
+
+
+def restarted(op: OperatorProcess, count: int, result: Result) -> None:
+    """Restart the operator over ``count`` converged MicroServices: seconds until
+    synced and each reconciled once, the requests and the writes it made."""
+
+    def quiet() -> bool:  # no write for 10 s: the fleet is converged
+        before = sum(op.requests(verbs=WRITES).values())
+        time.sleep(10)
+        return sum(op.requests(verbs=WRITES).values()) == before
+
+    wait_until(quiet, 600, "no writes for 10 s before the restart")
+    op.stop()
+    start = time.monotonic()
+    op.start(timeout=600)  # returns once the caches are synced ("Started ..." logged)
+
+    def all_reconciled() -> bool:
+        done = scrape_total(op, "mso_reconcile_duration_seconds_count")
+        return done + scrape_total(op, "mso_reconciles_skipped_total") >= count
+
+    wait_until(all_reconciled, 600, f"{count} MicroServices reconciled after the restart")
+    result.seconds = time.monotonic() - start
+    time.sleep(30)  # and nothing happens after it either
+    for (verb, res), value in op.requests(verbs=ALL_VERBS).items():
+        result.requests[column(verb, res)] += int(value)
+    result.writes = int(sum(op.requests(verbs=WRITES).values()))
+    assert op.proc is not None
+    result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
 
 
 def table(results: list[Result]) -> str:
@@ -216,21 +273,25 @@ def table(results: list[Result]) -> str:
     head = [
         "phase",
         "N",
-        "seconds to all Ready",
+        "seconds",
         *[f"{v}/N" for v in verbs],
+        "writes",
         "peak RSS MiB",
         "CPU s",
+        "CPU ms/N",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         row = [r.name, str(r.count), f"{r.seconds:.1f}"]
         row += [f"{r.requests.get(v, 0) / r.count:.2f}" for v in verbs]
+        row += ["-" if r.writes is None else str(r.writes)]
         row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-", f"{r.cpu_s:.1f}" if r.cpu_s else "-"]
+        row += [f"{1000 * r.cpu_s / r.count:.1f}" if r.cpu_s else "-"]
         lines.append("| " + " | ".join(row) + " |")
-    if len(results) == 2 and results[0].seconds:
-        lines.append(
-            f"\nratio operator/floor (time): {results[1].seconds / results[0].seconds:.2f}"
-        )
+    by_name = {r.name: r for r in results}
+    floor_r, op_r = by_name.get("floor (plain client)"), by_name.get("operator")
+    if floor_r is not None and op_r is not None and floor_r.seconds:
+        lines.append(f"\nratio operator/floor (time): {op_r.seconds / floor_r.seconds:.2f}")
     return "\n".join(lines)
 
 
@@ -242,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=200, help="MicroServices to create (default 200)")
     p.add_argument("--workers", type=int, default=16, help="concurrent creating clients")
     p.add_argument("--replicas", type=int, default=1, help="pods per MicroService (default 1)")
+    p.add_argument("--no-floor", action="store_true", help="skip the plain-client phase")
+    p.add_argument(
+        "--restart", action="store_true", help="then restart the operator over the converged fleet"
+    )
     args = p.parse_args(argv)
     SPEC["replicas"] = args.replicas
     kubeconfig = os.environ.get("KUBECONFIG") or str(ROOT / ".localcluster" / "kubeconfig")
@@ -263,14 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     pods = args.count * args.replicas
     nodes = add_nodes(api, max(1, pods // 500 + 1), f"bench-{uuid.uuid4().hex[:4]}")
     try:
-        results = [
-            floor(api, args.count, args.workers),
-            with_operator(api, kubeconfig, args.count, args.workers),
-        ]
+        results = [] if args.no_floor else [floor(api, args.count, args.workers)]
+        restart = Result("operator restarted", args.count) if args.restart else None
+        results.append(with_operator(api, kubeconfig, args.count, args.workers, restart))
+        if restart is not None:
+            results.append(restart)
     finally:
         for n in nodes:
             client.CoreV1Api(api).delete_node(n)
-    print(f"\n{datetime.now(UTC):%Y-%m-%d} converge, N={args.count}\n")
+    print(f"\n{datetime.now(UTC):%Y-%m-%d} converge, N={args.count} x {args.replicas} pods\n")
     print(table(results))
     return 0
 

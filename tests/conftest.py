@@ -12,6 +12,9 @@ MARKS = {
     "faults": TESTS / "faults",
     "e2e": TESTS / "e2e",
 }
+SERIAL = (TESTS / "faults", TESTS / "e2e")
+"""Tests that change the control plane itself (restart it, cut its network) and so
+run alone, never next to other test processes: marked ``serial``."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,15 +23,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for mark, directory in MARKS.items():
             if path.is_relative_to(directory):
                 item.add_marker(getattr(pytest.mark, mark))
+        if any(path.is_relative_to(d) for d in SERIAL):
+            item.add_marker(pytest.mark.serial)
 
 
 # Cluster fixtures shared by tests/integration and tests/faults (see the module).
 from tests.integration.fixtures import (  # noqa: E402, F401
+    WORKER_SELECTOR,
     kube_api,
     kube_cluster,
     kubeconfig,
     local_cluster,
     namespace,
     pytest_collection_finish,
+    pytest_sessionfinish,
+    pytest_sessionstart,
 )
 from tests.integration.operator_fixtures import crd, operator  # noqa: E402, F401
+from tests.integration.operator_proc import OperatorProcess  # noqa: E402
+
+# Every operator a test starts watches only this test process's namespaces, unless the
+# test names its own scope: parallel test processes share one control plane.
+OperatorProcess.default_scope = ("--namespace-selector", WORKER_SELECTOR)

@@ -38,6 +38,7 @@ from .kube import (
     HPAS,
     LEASES,
     MICROSERVICES,
+    NAMESPACES,
     PDBS,
     PODS,
     SERVICES,
@@ -162,6 +163,10 @@ class Controller:
             self._add_informer(MICROSERVICES, ns, None)
             for res in CHILD_RESOURCES:
                 self._add_informer(res, ns, MANAGED_SELECTOR)
+        if self.settings.namespace_selector:
+            # The selected namespaces, kept current: a label added or removed picks a
+            # namespace up or drops it without a restart.
+            self._add_informer(NAMESPACES, None, self.settings.namespace_selector)
         for inf in self.informers:
             inf.start()
         waited = 0.0
@@ -320,6 +325,12 @@ class Controller:
     # ------------------------------------------------------------------ events
     def _changed(self, kind: str, objs: list[dict[str, Any]]) -> None:
         """Informer callback (informer thread): queue the owners of changed objects."""
+        if kind == NAMESPACES.kind:
+            loop = self._loop
+            names = {o["metadata"]["name"] for o in objs}
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._namespaces_changed, names)
+            return
         if kind == MS_KIND:
             keys = {ident(o) for o in objs}
         else:
@@ -327,6 +338,19 @@ class Controller:
         loop = self._loop
         if keys and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._enqueue, kind, keys)
+
+    def _namespaces_changed(self, names: set[str]) -> None:
+        """Namespaces came into or went out of --namespace-selector: look at their
+        MicroServices (the worker forgets those no longer selected)."""
+        for key in self.store.keys(MS_KIND):
+            if key[0] in names:
+                self.queue.add(key)
+
+    def selected(self, namespace: str) -> bool:
+        """Whether this operator looks after MicroServices in ``namespace``."""
+        if not self.settings.namespace_selector:
+            return True
+        return self.store.get(NAMESPACES.kind, "", namespace) is not None
 
     def _enqueue(self, kind: str, keys: set[Key]) -> None:
         for key in keys:
@@ -338,14 +362,15 @@ class Controller:
                 # burst instead of one reconcile per pod event.
                 self.queue.add_after(key, CHILD_EVENT_DELAY)
 
-    def _forget(self, key: Key) -> None:
-        """The MicroService is gone: drop its timers, backoff and metrics."""
+    def _forget(self, key: Key, why: str = "deleted") -> None:
+        """The MicroService is gone (or its namespace no longer selected): drop its
+        timers, backoff and metrics."""
         self.queue.forget(key)
         self._failures.pop(key, None)
         self._memo.pop(key, None)
         if key in self.metrics.tracked():
             self.metrics.forget(*key)
-            log.info("Forgot MicroService %s/%s (deleted)", *key)
+            log.info("Forgot MicroService %s/%s (%s)", *key, why)
 
     # ------------------------------------------------------------------ workers
     async def _worker(self) -> None:
@@ -357,6 +382,9 @@ class Controller:
             try:
                 if self.store.get(MS_KIND, *key) is None:
                     self._forget(key)
+                    continue
+                if not self.selected(key[0]):
+                    self._forget(key, "namespace not selected")
                     continue
                 delay = await loop.run_in_executor(self.pool, self.reconcile, key)
             except RuntimeError:

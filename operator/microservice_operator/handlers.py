@@ -110,7 +110,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         log.info(
             "Started microservice-operator %s watching %s",
             __version__,
-            ", ".join(ours.namespaces) if ours.namespaces else "all namespaces",
+            ", ".join(ours.namespaces)
+            if ours.namespaces
+            else f"namespaces matching {ours.namespace_selector!r}"
+            if ours.namespace_selector
+            else "all namespaces",
         )
 
     memo["starting"] = asyncio.create_task(start(), name="mso-start")

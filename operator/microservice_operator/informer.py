@@ -31,6 +31,7 @@ from typing import Any
 
 from .health import REVISION_ANNOTATION
 from .kube import Kube, KubeError, Resource
+from .settings import FIELD_MANAGER
 
 log = logging.getLogger("microservice_operator")
 
@@ -132,6 +133,9 @@ class Store:
         already seen past it: then an object missing from the store was deleted in
         between (and its deletion may even predate a relist), so a late answer must not
         bring it back."""
+        trim = TRIMS.get(kind)
+        if trim is not None:
+            obj = trim(obj)
         i = ident(obj)
         rv = resource_version(obj)
         with self._lock:
@@ -304,6 +308,70 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+def trim_namespace(namespace: dict[str, Any]) -> dict[str, Any]:
+    """Keep only a namespace's name, labels and version (in place; returns it): all
+    --namespace-selector needs to know is whether it is selected."""
+    meta = namespace.get("metadata") or {}
+    namespace.clear()
+    namespace["metadata"] = {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta}
+    return namespace
+
+
+def trim_child(obj: dict[str, Any]) -> dict[str, Any]:
+    """A child we apply, without other managers' managedFields (in place; returns it):
+    decisions read only what *our* apply owns (the replicas hand-off, the template
+    kept during a paced rendering change), and the controllers' status entries are
+    most of the rest."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("managedFields"), list):
+        meta["managedFields"] = [
+            e
+            for e in meta["managedFields"]
+            if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
+        ]
+    return obj
+
+
+def trim_microservice(ms: dict[str, Any]) -> dict[str, Any]:
+    """A MicroService with managedFields cut to what decisions read (in place; returns
+    it): who wrote when (a new revision's clock starts at the last spec write) and
+    whether someone else wrote the failover timers in status; not the field sets."""
+    meta = ms.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("managedFields"), list):
+        return ms
+    kept = []
+    for e in meta["managedFields"]:
+        entry = {k: e[k] for k in ("manager", "operation", "time", "subresource") if k in e}
+        status = ((e.get("fieldsV1") or {}).get("f:status")) or {}
+        if "f:failoverState" in status:
+            entry["fieldsV1"] = {"f:status": {"f:failoverState": {}}}
+        kept.append(entry)
+    meta["managedFields"] = kept
+    return ms
+
+
+def trim_revision(record: dict[str, Any]) -> dict[str, Any]:
+    """A history record without managedFields (in place; returns it): nothing reads them."""
+    meta = record.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return record
+
+
+TRIMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "Pod": trim_pod,
+    "Namespace": trim_namespace,
+    "MicroService": trim_microservice,
+    "Deployment": trim_child,
+    "Service": trim_child,
+    "HorizontalPodAutoscaler": trim_child,
+    "PodDisruptionBudget": trim_child,
+    "ControllerRevision": trim_revision,
+}
+"""Every kind is cached trimmed to what decisions read: at thousands of MicroServices
+the caches are the process's memory."""
+
+
 class Informer:
     """LIST then WATCH one kind into the store, forever, in its own thread.
 
@@ -409,8 +477,9 @@ class Informer:
         objs, list_rv = self.kube.list_with_version(
             self.resource, self.namespace, label_selector=self.label_selector
         )
-        if self.kind == "Pod":
-            objs = [trim_pod(o) for o in objs]
+        trim = TRIMS.get(self.kind)
+        if trim is not None:
+            objs = [trim(o) for o in objs]
         changed = self.store.replace(self.kind, objs, list_rv, namespace=self.namespace)
         if self.synced.is_set():
             self.relists += 1
@@ -457,8 +526,9 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.kind)
-            if self.kind == "Pod":
-                trim_pod(obj)
+            trim = TRIMS.get(self.kind)
+            if trim is not None:
+                trim(obj)
             if etype == "DELETED":
                 stored = self.store.delete(self.kind, obj)
                 changed = [stored or obj]

@@ -60,6 +60,7 @@ PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 CONTROLLERREVISIONS = Resource("apps", "v1", "controllerrevisions", "ControllerRevision")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 
 BY_KIND = {
     r.kind: r
@@ -73,6 +74,7 @@ BY_KIND = {
         EVENTS,
         LEASES,
         CONTROLLERREVISIONS,
+        NAMESPACES,
     )
 }
 

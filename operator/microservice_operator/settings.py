@@ -24,6 +24,7 @@ class Settings:
     """Resolved operator settings."""
 
     namespaces: tuple[str, ...] = ()
+    namespace_selector: str = ""
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
@@ -37,7 +38,8 @@ class Settings:
 
     @property
     def clusterwide(self) -> bool:
-        """Whether every namespace is watched (no --namespace given)."""
+        """Whether the watches are cluster-wide (no --namespace given; with a
+        --namespace-selector they are, and the selector picks the namespaces)."""
         return not self.namespaces
 
 
@@ -69,6 +71,16 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         metavar="NS",
         help="Watch only this namespace (repeatable). Default: all namespaces. "
         f"Env: MSO_NAMESPACES (comma-separated). Current default: {namespaces or 'all'}",
+    )
+    p.add_argument(
+        "--namespace-selector",
+        default=env.get("MSO_NAMESPACE_SELECTOR", ""),
+        metavar="SELECTOR",
+        help="Watch only namespaces whose labels match this label selector (e.g. "
+        "'team=payments' or 'mso.dev/shard in (a,b)'); namespaces are picked up and "
+        "dropped as their labels change. Not with --namespace. Several operators "
+        "with disjoint selectors can share a cluster. Env: MSO_NAMESPACE_SELECTOR. "
+        "Default: all namespaces",
     )
     p.add_argument(
         "--metrics-port",
@@ -142,6 +154,8 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     env = os.environ if env is None else env
     args = parser(env).parse_args(argv)
     namespaces = tuple(args.namespaces or args.env_namespaces)
+    if namespaces and args.namespace_selector:
+        raise SystemExit("--namespace and --namespace-selector exclude each other")
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     if args.template_refreshes_per_minute < 0:
@@ -153,6 +167,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         lease_namespace=args.leader_election_namespace,
         identity=identity,
         namespaces=namespaces,
+        namespace_selector=args.namespace_selector.strip(),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_level=args.log_level,

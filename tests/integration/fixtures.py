@@ -33,6 +33,15 @@ LOCAL_KUBECONFIG = (
 ).resolve()
 
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+"""This test process: a pytest-xdist worker (gw0, gw1, ...) or the only one."""
+WORKER_LABEL = "mso.dev/test-worker"
+WORKER_SELECTOR = f"{WORKER_LABEL}={WORKER}"
+"""Selects this process's namespaces. Every operator a test starts watches only these
+(``--namespace-selector``), so test processes share one control plane without their
+operators touching each other's MicroServices."""
+
+
 @dataclass(frozen=True)
 class KubeCluster:
     kubeconfig: Path
@@ -69,6 +78,40 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if _run_localcluster(session.config, "build") != 0:
         raise pytest.UsageError("building the local control plane failed (see output above)")
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """The pytest-xdist controller of several worker processes (not a worker)."""
+    workers = getattr(config.option, "numprocesses", None)
+    return not hasattr(config, "workerinput") and workers not in (None, 0)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controller starts the local control plane once, before
+    any worker runs; the workers find it running and leave it to the controller."""
+    config = session.config
+    if os.environ.get("KUBECONFIG") or not _distributed(config):
+        return
+    status = [sys.executable, str(LOCALCLUSTER), "status"]
+    if subprocess.run(status, capture_output=True, check=False).returncode == 0:
+        return
+    if _run_localcluster(config, "up") != 0:
+        _run_localcluster(config, "down")
+        raise pytest.UsageError("the local control plane did not start (see output above)")
+    config.stash[_STARTED_BY_CONTROLLER] = True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the control plane the controller started (MSO_KEEP_CLUSTER=1 keeps it)."""
+    config = session.config
+    if (
+        config.stash.get(_STARTED_BY_CONTROLLER, False)
+        and os.environ.get("MSO_KEEP_CLUSTER") != "1"
+    ):
+        _run_localcluster(config, "down")
+
+
+_STARTED_BY_CONTROLLER = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +168,7 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
     core.create_namespace(
         client.V1Namespace(
             metadata=client.V1ObjectMeta(
-                name=name, labels={"app.kubernetes.io/managed-by": "pytest"}
+                name=name, labels={"app.kubernetes.io/managed-by": "pytest", WORKER_LABEL: WORKER}
             )
         )
     )

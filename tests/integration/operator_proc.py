@@ -29,9 +29,16 @@ def free_port() -> int:
 class OperatorProcess:
     """The operator running against ``kubeconfig``, with its own metrics/health ports."""
 
+    default_scope: tuple[str, ...] = ()
+    """Arguments added when ``extra_args`` name no namespace scope: the test suite sets
+    its process's ``--namespace-selector`` (tests/conftest.py); the benchmarks watch
+    the whole cluster."""
+
     def __init__(self, kubeconfig: str, log_dir: Path, *extra_args: str) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_dir / "operator.log"
+        if not {"--namespace", "-n", "--namespace-selector"} & set(extra_args):
+            extra_args = (*extra_args, *self.default_scope)
         self.extra_args = extra_args
         self.metrics_port = free_port()
         self.health_port = free_port()

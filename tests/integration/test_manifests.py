@@ -339,7 +339,9 @@ class TestBaseInstall:
         sa_kubeconfig = service_account_kubeconfig(kubeconfig, tmp_path)
         operator.stop()
         try:
-            sa_operator = OperatorProcess(str(sa_kubeconfig), tmp_path)
+            # Scoped to the test's namespace: the base install may not list namespaces,
+            # which the test suite's default --namespace-selector would need.
+            sa_operator = OperatorProcess(str(sa_kubeconfig), tmp_path, "--namespace", namespace)
             sa_operator.start()
             try:
                 self._scenario(kubeconfig, namespace, sa_operator)

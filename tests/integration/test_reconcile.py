@@ -18,6 +18,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.integration.fixtures import WORKER_SELECTOR
 from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import REPO, kubectl
 from tests.integration.operator_proc import OperatorProcess
@@ -100,13 +101,14 @@ def wait_settled(api: client.ApiClient, namespace: str, name: str) -> None:
 
 
 def wait_quiet(api: client.ApiClient, namespace: str) -> None:
-    """Wait until other tests' namespaces are gone, so their teardown (MicroServices in
-    terminating namespaces) adds no requests to a quiet-period measurement."""
+    """Wait until this test process's other namespaces are gone, so their teardown
+    (MicroServices in terminating namespaces) adds no requests to a quiet-period
+    measurement. Other processes' namespaces are not this operator's."""
 
     def others_gone() -> bool:
         items = (
             client.CoreV1Api(api)
-            .list_namespace(label_selector="app.kubernetes.io/managed-by=pytest")
+            .list_namespace(label_selector=f"app.kubernetes.io/managed-by=pytest,{WORKER_SELECTOR}")
             .items
         )
         return all(ns.metadata.name == namespace for ns in items)

@@ -19,7 +19,8 @@ from tests.integration.operator_fixtures import REPO, kubectl
 from tests.integration.operator_proc import OperatorProcess
 from tests.integration.test_reconcile import apply_ms, sample, wait_ready
 
-pytestmark = pytest.mark.integration
+# Deletes and re-creates the CRD: every other test process would lose its MicroServices.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 CRD = REPO / "crds" / "microservices.mso.dev.yaml"
 CRD_NAME = "microservices.mso.dev"

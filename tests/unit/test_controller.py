@@ -16,7 +16,7 @@ from microservice_operator import controller as controller_mod
 from microservice_operator import plan as planning
 from microservice_operator.controller import Controller, Memo
 from microservice_operator.execute import Executor
-from microservice_operator.informer import Store
+from microservice_operator.informer import Store, trim_namespace
 from microservice_operator.kube import ALREADY_EXISTS, DEPLOYMENTS, LEASES, KubeError
 from microservice_operator.metrics import OperatorMetrics
 from microservice_operator.settings import Settings
@@ -232,3 +232,27 @@ def test_a_plan_that_writes_is_not_memoised(
             c._reconcile(state["ms"], ("ns", "shop"))
     assert len(plans) == 2
     assert ("ns", "shop") not in c._memo
+
+
+# ----------------------------------------------------------------------------- selector
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels, "resourceVersion": "3"}}
+
+
+def test_a_namespace_selector_picks_namespaces_from_the_namespace_cache() -> None:
+    c = Controller(None, OperatorMetrics(), Settings(namespace_selector="team=a"))  # type: ignore[arg-type]
+    assert not c.selected("shop")
+    c.store.put("Namespace", trim_namespace(namespace("shop", team="a")))
+    assert c.selected("shop") and not c.selected("other")
+    everything = Controller(None, OperatorMetrics(), Settings())  # type: ignore[arg-type]
+    assert everything.selected("any")
+
+
+def test_a_namespace_is_cached_as_its_name_labels_and_version() -> None:
+    big = namespace("shop", team="a")
+    big["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    big["spec"] = {"finalizers": ["kubernetes"]}
+    big["status"] = {"phase": "Active"}
+    assert trim_namespace(big) == namespace("shop", team="a")

@@ -11,11 +11,25 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
-from microservice_operator import health
-from microservice_operator.informer import Informer, Store, owner_key, trim_pod
+import pytest
+from tests.unit.test_plan import HELLO, NOW, converged
+
+from microservice_operator import health, plan
+from microservice_operator.informer import (
+    TRIMS,
+    Informer,
+    Store,
+    owner_key,
+    trim_microservice,
+    trim_pod,
+    trim_revision,
+)
 from microservice_operator.kube import PODS, KubeError
+
+HELLO_AUTOSCALED = {**HELLO, "autoscaling": {"maxReplicas": 5}, "availability": {"minAvailable": 1}}
 
 
 def obj(name: str, rv: int, *, uid: str | None = None, owner: str = "shop") -> dict[str, Any]:
@@ -288,3 +302,90 @@ def test_trimmed_pods_keep_every_field_decisions_read() -> None:
     assert len(json.dumps(trimmed)) * 3 < len(json.dumps(full))
     # Trimming a trimmed pod changes nothing (the store may see one twice).
     assert trim_pod(copy.deepcopy(trimmed)) == trimmed
+
+
+def _with_other_managers(obj: dict[str, Any], *, status_timers: bool = False) -> dict[str, Any]:
+    """``obj`` as the API server holds it: other managers' entries next to ours."""
+    out = copy.deepcopy(obj)
+    entries = list(out["metadata"].get("managedFields") or [])
+    entries += [
+        {
+            "manager": "kubectl",
+            "operation": "Update",
+            "time": "2026-11-28T11:59:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:image": {}, "f:ports": {}}, "f:metadata": {"f:labels": {}}},
+        },
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "subresource": "status",
+            "time": "2026-11-28T11:59:30Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:status": {"f:replicas": {}, "f:conditions": {"k:x": {}}}},
+        },
+    ]
+    if status_timers:
+        entries.append(
+            {
+                "manager": "curl",
+                "operation": "Update",
+                "subresource": "status",
+                "time": "2026-11-28T11:59:40Z",
+                "fieldsV1": {"f:status": {"f:failoverState": {"f:revisionSince": {}}}},
+            }
+        )
+    out["metadata"]["managedFields"] = entries
+    return out
+
+
+@pytest.mark.parametrize("case", ["converged", "autoscaled", "new image", "forged timers"])
+def test_trimmed_objects_plan_exactly_as_full_ones(case: str) -> None:
+    """Every kind is cached trimmed (managedFields cut to ours, or to who-wrote-when);
+    a plan from trimmed objects equals the plan from the objects as served."""
+    spec = HELLO_AUTOSCALED if case == "autoscaled" else HELLO
+    obj, observed = converged(spec)
+    if case == "new image":
+        obj["spec"] = {**obj["spec"], "image": "hello:2"}
+        obj["metadata"]["generation"] = 2
+    full_ms = _with_other_managers(obj, status_timers=case == "forged timers")
+    full = plan.Observed(
+        **{
+            **observed.__dict__,
+            **{
+                key: _with_other_managers(getattr(observed, key))
+                for key in ("deployment", "service", "hpa", "pdb")
+                if getattr(observed, key) is not None
+            },
+            "revisions": tuple(_with_other_managers(r) for r in observed.revisions),
+        }
+    )
+    trimmed = plan.Observed(
+        **{
+            **full.__dict__,
+            **{
+                key: TRIMS[getattr(full, key)["kind"]](copy.deepcopy(getattr(full, key)))
+                for key in ("deployment", "service", "hpa", "pdb")
+                if getattr(full, key) is not None
+            },
+            "revisions": tuple(trim_revision(copy.deepcopy(r)) for r in full.revisions),
+        }
+    )
+    small_ms = trim_microservice(copy.deepcopy(full_ms))
+    assert "fieldsV1" not in str(small_ms["metadata"]["managedFields"][0])
+    later = NOW + timedelta(seconds=40)
+    a, b = plan.plan(full_ms, full, later), plan.plan(small_ms, trimmed, later)
+    assert (a.applies, a.status, a.events, a.destructive, a.requeue_after, a.handoffs) == (
+        b.applies,
+        b.status,
+        b.events,
+        b.destructive,
+        b.requeue_after,
+        b.handoffs,
+    )
+    if case == "forged timers":
+        assert any(e.reason == "StatusIgnored" for e in b.events)
+    dep = trimmed.deployment
+    assert dep is not None
+    assert {e["manager"] for e in dep["metadata"]["managedFields"]} <= {"microservice-operator"}
+    assert len(json.dumps(small_ms)) < len(json.dumps(full_ms))

@@ -61,3 +61,16 @@ def test_help_documents_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--namespace", "--metrics-port", "--health-port", "MSO_NAMESPACES"):
         assert flag in out
+
+
+def test_namespace_selector_from_flag_or_environment() -> None:
+    s = settings.parse([], env={"MSO_NAMESPACE_SELECTOR": "team=payments"})
+    assert s.namespace_selector == "team=payments"
+    assert s.clusterwide  # cluster-wide watches; the selector picks namespaces
+    s = settings.parse(["--namespace-selector", "shard in (a,b)"], env={})
+    assert s.namespace_selector == "shard in (a,b)"
+
+
+def test_namespace_and_namespace_selector_exclude_each_other() -> None:
+    with pytest.raises(SystemExit, match="exclude each other"):
+        settings.parse(["-n", "a", "--namespace-selector", "team=x"], env={})
