@@ -62,10 +62,11 @@ image: ## Build the operator image with podman, no Docker engine needed (tools/i
 
 # Tests run in TEST_WORKERS processes against one control plane (pytest-xdist; each
 # process's operators watch only its own namespaces, see tests/integration/fixtures.py),
-# a file per process at a time. Tests marked `serial` change the control plane for
-# everyone (restart it, cut its network, replace the CRD) and run afterwards, alone.
+# the slow directories first so that short unit tests fill the end. Modules that must
+# stay in one process say so with an xdist_group mark. Tests marked `serial` change the
+# control plane for everyone (restart it, replace the CRD) and run afterwards, alone.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit
@@ -75,10 +76,11 @@ integration: venv tools ## Integration tests against the local control plane (or
 	$(BIN)/pytest -m serial tests/integration
 
 faults: venv tools ## Fault-injection suite (kills, control-plane restarts, network faults)
-	$(BIN)/pytest tests/faults
+	$(PYTEST_PARALLEL) -m "not serial" tests/faults
+	$(BIN)/pytest -m serial tests/faults
 
 test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
-	$(PYTEST_PARALLEL) -m "not serial" tests/unit tests/integration
+	$(PYTEST_PARALLEL) -m "not serial" tests/faults tests/integration tests/unit
 	$(BIN)/pytest -m serial tests/integration tests/faults
 
 cluster-up: venv ## Build (once) and start the local control plane

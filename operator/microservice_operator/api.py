@@ -999,6 +999,11 @@ class FailoverState(Model):
     revision_since: str | None = Field(
         None, description="When the current revision was first applied (RFC 3339)."
     )
+    attempt_since: str | None = Field(
+        None,
+        description="When a retried revision's new attempt began (mso.dev/retry): its "
+        "pods created earlier belong to the failed attempt and are not judged again.",
+    )
     unhealthy_since: str | None = Field(
         None, description="Since when the primary has been below minHealthyRatio."
     )

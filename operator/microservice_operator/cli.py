@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -797,6 +798,10 @@ def cmd_verb(api_client: Any, namespace: str, args: argparse.Namespace, out: Tex
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kubectl-mso`` console script."""
     args = parse_args(argv)
+    if getattr(args, "watch", False):
+        # Ctrl-C ends a watch even when the shell started us with SIGINT ignored
+        # (`kubectl mso get web --watch &` in a script, then kill -INT).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         api_client, namespace = connect(args)
         try:

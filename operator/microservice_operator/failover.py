@@ -55,7 +55,7 @@ def revision_clock(
     state = state or FailoverState()
     if revision == previous_revision and parse_time(state.revision_since) is not None:
         return state
-    return state.model_copy(update={"revision_since": format_precise(now)})
+    return state.model_copy(update={"revision_since": format_precise(now), "attempt_since": None})
 
 
 # --------------------------------------------------------------------------- rollback

@@ -304,6 +304,7 @@ def assess(
     *,
     revision: str,
     revision_since: datetime | None,
+    attempt_since: datetime | None = None,
 ) -> Health:
     """Judge the rollout of ``revision`` (the revision the Deployment should run).
 
@@ -318,6 +319,9 @@ def assess(
       the evidence the rollback decision acts on before the deadline.
     - ``stuck``: active pods NotReady for >= podUnhealthySeconds (0 disables), longest
       stuck first.
+    - ``attempt_since``: a retried revision's new attempt began then; its pods created
+      earlier (a second of slack for creationTimestamp's precision) are an earlier
+      attempt's and are no evidence against this one.
     - ``deadline_exceeded``: not fully healthy and either ``revision_since`` +
       progressDeadlineSeconds <= now, or the Deployment itself reports
       ProgressDeadlineExceeded for this revision at its current generation.
@@ -356,6 +360,9 @@ def assess(
     fully_healthy = rolled_out and ready == desired and available == desired
     threshold = failover.unhealthy_threshold
     mine = [p for p in active if p.revision == revision]
+    if attempt_since is not None:
+        earliest = attempt_since - timedelta(seconds=1)
+        mine = [p for p in mine if p.created is None or p.created >= earliest]
     over = tuple(p.name for p in mine if p.restarts >= threshold)
     grace = timedelta(seconds=failover.image_error_grace_seconds)
     image_errors = []

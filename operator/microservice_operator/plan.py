@@ -458,7 +458,10 @@ def _retry_request(r: _Reconcile) -> None:
         )
         return
     r.records = dataclasses.replace(r.records, quarantine=None)
-    r.state = r.state.model_copy(update={"revision_since": health.format_precise(r.now)})
+    # A fresh attempt: the failed attempt's pods (they may linger a moment, or even be
+    # kept by the reused ReplicaSet) are no evidence against this one.
+    now = health.format_precise(r.now)
+    r.state = r.state.model_copy(update={"revision_since": now, "attempt_since": now})
     r.result.events.append(
         EventSpec(
             "Normal",
@@ -517,8 +520,15 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         r.aliases,
     )
     fo = spec.failover
+    attempt_since = _parse_time(r.state.attempt_since)
     assessed = health.assess(
-        dep_obs, pod_obs, fo, r.now, revision=target, revision_since=revision_since
+        dep_obs,
+        pod_obs,
+        fo,
+        r.now,
+        revision=target,
+        revision_since=revision_since,
+        attempt_since=attempt_since if target == desired_revision else None,
     )
     decision = failover.decide_rollback(
         desired_revision=desired_revision,
@@ -858,7 +868,9 @@ def _status_phase(
             or r.old.last_failover,
             "failover_state": state
             if standby_configured or state.remediations
-            else FailoverState(revision_since=state.revision_since),
+            else FailoverState(
+                revision_since=state.revision_since, attempt_since=state.attempt_since
+            ),
         }
     )
     if conditions.find(r.old.conditions, "Paused") is not None:

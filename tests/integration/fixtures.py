@@ -33,8 +33,9 @@ LOCAL_KUBECONFIG = (
 ).resolve()
 
 
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-"""This test process: a pytest-xdist worker (gw0, gw1, ...) or the only one."""
+WORKER = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+"""This test process: a pytest-xdist worker (gw0, gw1, ...) or the only one, with its
+pid, so that test runs started side by side are apart too."""
 WORKER_LABEL = "mso.dev/test-worker"
 WORKER_SELECTOR = f"{WORKER_LABEL}={WORKER}"
 """Selects this process's namespaces. Every operator a test starts watches only these

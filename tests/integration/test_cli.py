@@ -212,6 +212,13 @@ def wait_pods_ready(api: client.ApiClient, world: World, count: int) -> None:
         return len(pods) == count and all(s and all(c.ready for c in s) for s in statuses)
 
     wait_for(ready, timeout=60, message=f"{count} ready pods of {world.name}")
+    apps = client.AppsV1Api(api)
+
+    def counted() -> bool:  # the deployment controller reports them a moment later
+        deps = apps.list_namespaced_deployment(world.namespace).items
+        return sum(d.status.ready_replicas or 0 for d in deps) == count
+
+    wait_for(counted, timeout=60, message=f"{count} ready replicas counted by the Deployments")
 
 
 def merge_patch(api: client.ApiClient, world: World, body: dict[str, Any]) -> None:

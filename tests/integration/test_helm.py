@@ -35,7 +35,9 @@ from tests.helmtool import build_helm
 from tests.integration.fixtures import KubeCluster
 from tests.integration.helpers import wait_for
 
-pytestmark = pytest.mark.integration
+# One test process runs this whole module (one release through install, upgrades
+# and uninstall, in order).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_helm")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "microservice-operator"

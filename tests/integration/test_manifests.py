@@ -26,7 +26,8 @@ import yaml
 from tests.integration.helpers import wait_for
 from tests.integration.operator_proc import OperatorProcess
 
-pytestmark = pytest.mark.integration
+# One test process runs this whole module (installs into the one mso-system namespace).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_manifests")]
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

@@ -304,6 +304,7 @@ def test_operator_upgrade_restarts_no_pod_and_keeps_the_quarantine(
                     and all(
                         p.metadata.annotations["mso.dev/revision"] != ours
                         for p in pods(kube_api, namespace, s)
+                        if not p.metadata.deletion_timestamp  # leaving; kwok may lag
                     )
                 ),
                 timeout=90,

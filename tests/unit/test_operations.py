@@ -482,3 +482,35 @@ def test_a_retry_cut_short_after_lifting_the_quarantine_still_gets_a_fresh_deadl
     assert p.handled_annotations == [(plan.RETRY_ANNOTATION, bad_rev)]
     dep = next(m for m in p.applies if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "hello:2"
+
+
+def test_a_retry_is_not_judged_by_the_failed_attempts_pods() -> None:
+    """Retried right after the rollback: the failed attempt's crash-looping pods are
+    still there (not yet terminating, or kept by the reused ReplicaSet). They must not
+    roll the retry back at once; a pod of the new attempt that crash-loops does."""
+    obj, observed, bad_rev = _quarantined()
+    rolled_back = plan.plan(obj, observed, NOW)
+    obj["status"] = rolled_back.status
+    old_pods = tuple(
+        pod(f"shop-old-{i}", bad_rev, ready=False, restarts=5, waiting="CrashLoopBackOff",
+            since=NOW - timedelta(seconds=30))
+        for i in range(3)
+    )  # fmt: skip
+    crashing = with_(observed, pods=old_pods)
+    asked_at = NOW + timedelta(seconds=5)
+    retry = plan.plan(annotated(obj, **{plan.RETRY_ANNOTATION: bad_rev}), crashing, asked_at)
+    reasons = [e.reason for e in retry.events]
+    assert "QuarantineLifted" in reasons and "RolledBack" not in reasons
+    lifted = with_(
+        crashing,
+        revisions=tuple(
+            r for r in crashing.revisions if not r["metadata"]["name"].startswith("shop-bad-")
+        ),
+    )
+    obj["status"] = retry.status
+    later = plan.plan(obj, lifted, asked_at + timedelta(seconds=3))
+    assert "RolledBack" not in [e.reason for e in later.events]
+    fresh = pod("shop-new", bad_rev, ready=False, restarts=5, waiting="CrashLoopBackOff",
+                since=asked_at + timedelta(seconds=2))  # fmt: skip
+    again = plan.plan(obj, with_(lifted, pods=(*old_pods, fresh)), asked_at + timedelta(seconds=4))
+    assert "RolledBack" in [e.reason for e in again.events]
