@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from .lru import LRU
 from .settings import FIELD_MANAGER
 
 APPLIED_HASH = "mso.dev/applied-hash"
@@ -86,16 +87,31 @@ def is_subset(desired: Any, live: Any, *, quantities: bool = False) -> bool:
     return False
 
 
+_COMPARED: LRU[tuple[str, str, str], bool] = LRU(50_000)
+"""needs_apply's field-by-field verdicts, by (live uid, live resourceVersion, our
+hash): an object at one resourceVersion never changes, so it is compared once."""
+
+
 def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     """Whether applying ``desired`` (already hashed) would change the live object."""
     if live is None:
         return True
     ours = desired["metadata"].get("annotations", {}).get(APPLIED_HASH)
-    theirs = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+    meta = live.get("metadata") or {}
+    theirs = (meta.get("annotations") or {}).get(APPLIED_HASH)
     if ours != theirs:
         return True
+    uid, rv = meta.get("uid"), meta.get("resourceVersion")
+    key = (str(uid), str(rv), str(ours)) if uid and rv else None
+    if key is not None:
+        known = _COMPARED.get(key)
+        if known is not None:
+            return known
     body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
-    return not is_subset(body, live)
+    verdict = not is_subset(body, live)
+    if key is not None:
+        _COMPARED.put(key, verdict)
+    return verdict
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ live cluster before acting.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ from .diff import (
     owns_replicas,
     with_hash,
 )
+from .lru import LRU
 from .settings import FIELD_MANAGER
 from .status import build_status, format_validation_error, parse_status
 
@@ -375,7 +377,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
         state = FailoverState(remediations=spent or None)
     records, aliases = _upgrade_history(
-        history.read_history(list(observed.revisions), uid), spec, name
+        history.read_history(list(observed.revisions), uid), spec, name, ms.get("spec") or {}
     )
     r = _Reconcile(
         ms=ms,
@@ -409,8 +411,23 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
     return r.result
 
 
+_NAMES: LRU[tuple[str, str], tuple[str, str]] = LRU(20_000)
+"""(revision, 0.1's revision) of a spec, by (MicroService name, the spec's canonical
+JSON): the same spec is named on every reconcile of an unchanged MicroService."""
+
+
+def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
+    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``)."""
+    key = (name, json.dumps(raw, sort_keys=True, separators=(",", ":")))
+    names = _NAMES.get(key)
+    if names is None:
+        names = (render.revision(spec), render.legacy_revision(spec, name))
+        _NAMES.put(key, names)
+    return names
+
+
 def _upgrade_history(
-    records: history.History, spec: MicroServiceSpec, name: str
+    records: history.History, spec: MicroServiceSpec, name: str, raw: Any
 ) -> tuple[history.History, dict[str, str]]:
     """Records and revisions as this version names them, and the aliases of the
     revisions operator 0.1 named by its rendered template (Deployments and pods it
@@ -420,16 +437,22 @@ def _upgrade_history(
     is 0.1's name of the spec as it is now. The records are rewritten under the new
     names by the normal history changes, once.
     """
-    aliases = {render.legacy_revision(spec, name): render.revision(spec)}
+    current, legacy = _names(spec, name, raw)
+    aliases = {legacy: current}
     good, bad = records.last_known_good, records.quarantine
     if good is not None:
-        try:
-            good_spec = MicroServiceSpec.model_validate(good.spec)
-        except ValidationError:
-            good_spec = None
-        if good_spec is not None:
-            current = render.revision(good_spec)
-            aliases[render.legacy_revision(good_spec, name)] = current
+        key = (name, json.dumps(good.spec, sort_keys=True, separators=(",", ":")))
+        good_names = _NAMES.get(key)
+        if good_names is None:
+            try:
+                good_spec = MicroServiceSpec.model_validate(good.spec)
+            except ValidationError:
+                good_spec = None
+            if good_spec is not None:
+                good_names = _names(good_spec, name, good.spec)
+        if good_names is not None:
+            current, legacy = good_names
+            aliases[legacy] = current
             if current != good.revision:
                 good = good.model_copy(update={"revision": current})
     if bad is not None and bad.revision in aliases and aliases[bad.revision] != bad.revision:
@@ -495,7 +518,7 @@ def _revision_phase(r: _Reconcile) -> _Revision:
     """Which revision should run: the spec's, or the last known good one; records to
     keep (ControllerRevisions) and the Events of the decision."""
     spec, result, records = r.spec, r.result, r.records
-    desired_revision = render.revision(spec)
+    desired_revision = _names(spec, r.name, r.ms.get("spec") or {})[0]
     target = failover.target_revision(
         desired_revision=desired_revision,
         last_known_good=records.last_known_good,

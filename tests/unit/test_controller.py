@@ -226,6 +226,7 @@ def test_a_plan_that_writes_is_not_memoised(
     c, state, plans = memoised
     drifted = copy.deepcopy(state["observed"].deployment)
     drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    drifted["metadata"]["resourceVersion"] = "12"
     state["observed"] = dataclasses.replace(state["observed"], deployment=drifted)
     for _ in range(2):
         with pytest.raises(AssertionError, match="unexpected API call: apply"):

@@ -143,6 +143,7 @@ def _stale(obj: dict[str, Any], observed: plan.Observed) -> plan.Observed:
     manifest = {k: v for k, v in dep.items() if k not in ("status",)}
     live = applied(manifest, **dep["status"])
     live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    live["metadata"]["resourceVersion"] = "11"  # every change is a new version
     return with_(observed, deployment=live)
 
 

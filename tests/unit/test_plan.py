@@ -167,6 +167,7 @@ def test_drift_on_an_owned_field_is_reapplied() -> None:
     dep = copy.deepcopy(observed.deployment)
     assert dep is not None
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    dep["metadata"]["resourceVersion"] = "11"  # every change is a new version
     p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
     assert [m["kind"] for m in p.applies] == ["Deployment"]
 
@@ -413,3 +414,24 @@ def test_forged_failover_timers_are_ignored_not_trusted() -> None:
     p = plan.plan(obj, sick, NOW)
     assert "StatusIgnored" not in [e.reason for e in p.events]
     assert p.status["failoverState"]["unhealthySince"] == "2000-01-01T00:00:00Z"
+
+
+def test_a_child_version_is_compared_field_by_field_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object at one resourceVersion never changes: its drift verdict is kept, and a
+    new version (an edit) is compared again."""
+    obj, observed = converged(HELLO)
+    diff._COMPARED.clear()  # converged() planned already
+    calls: list[int] = []
+    real = diff.is_subset
+    monkeypatch.setattr(diff, "is_subset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert plan.plan(obj, observed, NOW).writes == 0
+    compared = len(calls)
+    assert compared > 0
+    assert plan.plan(obj, observed, NOW).writes == 0
+    assert len(calls) == compared  # same versions: no comparison at all
+    dep = copy.deepcopy(observed.deployment)
+    assert dep is not None
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    dep["metadata"]["resourceVersion"] = "11"
+    edited = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
+    assert [m["kind"] for m in edited.applies] == ["Deployment"]
