@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +144,8 @@ class Controller:
         self._exit = exit_process
         self._failures: dict[Key, int] = {}
         self._memo: dict[Key, Memo] = {}
+        self._pending: dict[str, set[Key]] = {}  # changes the loop has yet to queue
+        self._pending_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set while this replica may reconcile: always when standalone, once it
@@ -336,8 +339,22 @@ class Controller:
         else:
             keys = {k for k in (owner_key(o) for o in objs) if k is not None}
         loop = self._loop
-        if keys and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._enqueue, kind, keys)
+        if not keys or loop is None or loop.is_closed():
+            return
+        # Batched: one wake-up of the event loop takes every change the informers
+        # made meanwhile, instead of one wake-up (a pipe write) per watch event.
+        with self._pending_lock:
+            first = not self._pending
+            pending = self._pending.setdefault(MS_KIND if kind == MS_KIND else "child", set())
+            pending.update(keys)
+        if first:
+            loop.call_soon_threadsafe(self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for kind, keys in pending.items():
+            self._enqueue(kind, keys)
 
     def _namespaces_changed(self, names: set[str]) -> None:
         """Namespaces came into or went out of --namespace-selector: look at their
