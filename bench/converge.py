@@ -121,6 +121,18 @@ def create_namespace(api: client.ApiClient, name: str) -> None:
     wait_until(has_sa, 60, f"default ServiceAccount in {name}")
 
 
+def delete_namespace(api: client.ApiClient, name: str) -> None:
+    """Delete a namespace and wait until it is gone: the garbage collection of
+    thousands of objects loads the control plane, and must not overlap the next phase."""
+    core = client.CoreV1Api(api)
+    core.delete_namespace(name)
+
+    def gone() -> bool:
+        return name not in {n.metadata.name for n in core.list_namespace().items}
+
+    wait_until(gone, 1800, f"namespace {name} deleted", every=2.0)
+
+
 def floor(api: client.ApiClient, count: int, workers: int) -> Result:
     """The same children created by a plain client, no operator."""
     ns = f"bench-floor-{uuid.uuid4().hex[:6]}"
@@ -150,7 +162,7 @@ def floor(api: client.ApiClient, count: int, workers: int) -> Result:
 
     wait_until(available, 1800, f"{count} floor Deployments Available")
     result.seconds = time.monotonic() - start
-    core.delete_namespace(ns)
+    delete_namespace(api, ns)
     return result
 
 
@@ -235,7 +247,7 @@ def with_operator(
             restarted(op, count, restart)
     finally:
         op.stop()
-        client.CoreV1Api(api).delete_namespace(ns)
+        delete_namespace(api, ns)
     return result
 
 

@@ -2,7 +2,14 @@
 
 import pytest
 
-from microservice_operator.kube import DEPLOYMENTS, MICROSERVICES, PODS, KubeError, request_labels
+from microservice_operator.kube import (
+    DEPLOYMENTS,
+    MICROSERVICES,
+    PODS,
+    KubeError,
+    decode,
+    request_labels,
+)
 
 
 def test_paths() -> None:
@@ -65,3 +72,14 @@ def test_error_classification(status: int, message: str, invalid: bool, terminat
 )
 def test_request_labels_name_kopfs_requests(method: str, url: str, labels: tuple[str, str]) -> None:
     assert request_labels(method, url) == labels
+
+
+def test_decoded_objects_share_their_keys() -> None:
+    """Cached objects arrive one watch event at a time; equal keys are one string."""
+    a = decode(b'{"metadata": {"name": "a", "resourceVersion": "1"}}')
+    b = decode('{"metadata": {"name": "b", "resourceVersion": "2"}}')
+    assert a == {"metadata": {"name": "a", "resourceVersion": "1"}}
+    (ka,) = a
+    (kb,) = b
+    assert ka is kb
+    assert [k for k in a["metadata"]][1] is [k for k in b["metadata"]][1]
