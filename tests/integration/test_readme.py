@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.integration.fixtures import WORKER_SELECTOR
 from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import KUBECTL, REPO
 from tests.integration.operator_proc import OperatorProcess, free_port
@@ -55,7 +56,14 @@ def make_run(
     if not kube_cluster.local or "MSO_LOCALCLUSTER_DIR" in os.environ:
         pytest.skip("`make run` drives the repository's own local control plane")
     health = free_port()
-    env = dict(os.environ, MSO_METRICS_PORT=str(free_port()), MSO_HEALTH_PORT=str(health))
+    env = dict(
+        os.environ,
+        MSO_METRICS_PORT=str(free_port()),
+        MSO_HEALTH_PORT=str(health),
+        # `make run` watches every namespace; here only this test process's, like
+        # every operator a test starts (parallel test processes share the cluster).
+        MSO_NAMESPACE_SELECTOR=WORKER_SELECTOR,
+    )
     env.pop("KUBECONFIG", None)
     operator.stop()
     log = open(tmp_path / "make-run.log", "wb")  # noqa: SIM115 - the child writes to it

@@ -622,3 +622,17 @@ def test_restart_converges_without_duplicates(
     writes = operator.requests()
     assert not any(v for (verb, res), v in writes.items() if res != "events"), writes
     assert get_ms(kube_api, namespace, "hello")["metadata"]["resourceVersion"] == before_restart
+
+
+def test_every_request_of_the_process_is_counted(operator: OperatorProcess) -> None:
+    """kopf's own requests (its API discovery at start-up) are counted with ours, and
+    kopf watches nothing: the operator's informers are the only watches."""
+    samples = operator.scrape()
+    requests = {
+        (dict(labels)["verb"], dict(labels)["resource"]): value
+        for (name, labels), value in samples.items()
+        if name == "mso_kube_requests_total"
+    }
+    assert requests.get(("get", "discovery"), 0) >= 1, requests
+    assert not any(res == "customresourcedefinitions" for _, res in requests), requests
+    assert requests.get(("list", "microservices"), 0) >= 1, requests
