@@ -511,20 +511,26 @@ def test_invalid_spec_beyond_the_schema_is_reported_not_retried(
     assert c["status"] == "False"
     assert "env A: set value or valueFrom, not both" in c["message"]
     assert deployment(kube_api, namespace, "bad") is None
-    events = (
-        client.CoreV1Api(kube_api)
-        .list_namespaced_event(
-            namespace, field_selector="involvedObject.name=bad,reason=InvalidSpec"
+
+    def events() -> list[Any]:
+        return list(
+            client.CoreV1Api(kube_api)
+            .list_namespaced_event(
+                namespace, field_selector="involvedObject.name=bad,reason=InvalidSpec"
+            )
+            .items
         )
-        .items
-    )
-    assert len(events) == 1 and events[0].type == "Warning"
+
+    # The Event is recorded just after the status that the wait above saw.
+    wait_for(events, timeout=10, message="the InvalidSpec Event")
     wait_quiet(kube_api, namespace)
     before = operator.requests()
     rv = get_ms(kube_api, namespace, "bad")["metadata"]["resourceVersion"]
     time.sleep(3)  # an observation window: nothing may happen in it
     assert get_ms(kube_api, namespace, "bad")["metadata"]["resourceVersion"] == rv
     assert operator.requests() == before
+    recorded = events()
+    assert len(recorded) == 1 and recorded[0].type == "Warning"  # once, not per retry
 
 
 def test_api_error_on_a_child_surfaces_in_a_condition(
