@@ -245,6 +245,8 @@ def with_operator(
         result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
         if restart is not None:
             restarted(op, count, restart)
+        # Now, not only at the end: deleting thousands of objects takes minutes.
+        print(table([result, *([restart] if restart else [])]), flush=True)
     finally:
         op.stop()
         delete_namespace(api, ns)
