@@ -79,9 +79,17 @@ faults: venv tools ## Fault-injection suite (kills, control-plane restarts, netw
 	$(PYTEST_PARALLEL) -m "not serial" tests/faults
 	$(BIN)/pytest -m serial tests/faults
 
+# One control plane for both phases: started by the first if it is not up, kept for
+# the second, stopped at the end unless it was up before (or MSO_KEEP_CLUSTER=1).
 test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
-	$(PYTEST_PARALLEL) -m "not serial" tests/faults tests/integration tests/unit
-	$(BIN)/pytest -m serial tests/integration tests/faults
+	@up=0; [ -n "$$KUBECONFIG" ] || ! $(LOCALCLUSTER) status >/dev/null 2>&1 || up=1; rc=0; \
+	MSO_KEEP_CLUSTER=1 $(PYTEST_PARALLEL) -m "not serial" tests/faults tests/integration tests/unit \
+		|| rc=$$?; \
+	[ $$rc -ne 0 ] || MSO_KEEP_CLUSTER=1 $(BIN)/pytest -m serial tests/integration tests/faults \
+		|| rc=$$?; \
+	if [ $$up -eq 0 ] && [ -z "$$KUBECONFIG" ] && [ "$$MSO_KEEP_CLUSTER" != 1 ]; then \
+		$(LOCALCLUSTER) down; fi; \
+	exit $$rc
 
 cluster-up: venv ## Build (once) and start the local control plane
 	$(LOCALCLUSTER) up

@@ -371,6 +371,10 @@ class Controller:
 
     def _enqueue(self, kind: str, keys: set[Key]) -> None:
         for key in keys:
+            if not self.selected(key[0]):
+                # Another operator's namespace (--namespace-selector). One that was
+                # ours until now is queued by _namespaces_changed, to be forgotten.
+                continue
             if kind == MS_KIND:
                 self.queue.add(key)
             elif self.store.get(MS_KIND, *key) is not None:
@@ -430,8 +434,17 @@ class Controller:
         ms = self.store.get(MS_KIND, *key)
         if ms is None or ms.get("metadata", {}).get("deletionTimestamp"):
             return None
+        observed = self.executor.observed(key)
+        inputs = fingerprint(ms, observed)
+        memo = self._memo.get(key)
+        if memo is not None and memo.still_holds(inputs, time.monotonic()):
+            # Nothing the plan reads changed since it last found nothing to do, and
+            # none of its timers is due: planning again would find nothing again.
+            self.metrics.reconcile_skipped()
+            return memo.requeue_after(time.monotonic())
+        self._memo.pop(key, None)
         with self.metrics.time_reconcile():
-            delay = self._reconcile(ms, key)
+            delay = self._reconcile(ms, key, observed, inputs)
         if self.store.get(MS_KIND, *key) is None:
             # Deleted while we reconciled: drop the series this run may have re-created.
             self.metrics.forget(*key)
@@ -465,18 +478,15 @@ class Controller:
             )
         return ms_live, fresh
 
-    def _reconcile(self, ms: dict[str, Any], key: Key) -> float | None:
+    def _reconcile(
+        self,
+        ms: dict[str, Any],
+        key: Key,
+        observed: planning.Observed,
+        inputs: tuple[Any, ...],
+    ) -> float | None:
         ns, name = key
         now = utcnow()
-        observed = self.executor.observed(key)
-        memo = self._memo.get(key)
-        inputs = fingerprint(ms, observed)
-        if memo is not None and memo.still_holds(inputs, time.monotonic()):
-            # Nothing the plan reads changed since it last found nothing to do, and
-            # none of its timers is due: planning again would find nothing again.
-            self.metrics.reconcile_skipped()
-            return memo.requeue_after(time.monotonic())
-        self._memo.pop(key, None)
         p = planning.plan(ms, observed, now, refresh=False)
         refresh = False
         if p.stale_templates and self.pacer.take(time.monotonic()):

@@ -147,12 +147,22 @@ def _shared_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """
     keys = _KEYS
     if len(keys) < _MAX_KEYS:
-        return {keys.setdefault(k, k): v for k, v in pairs}
+        return {keys.setdefault(k, k) if _shareable(k) else k: v for k, v in pairs}
     return {keys.get(k, k): v for k, v in pairs}
 
 
-def decode(raw: bytes | str) -> Any:
-    """JSON as the API server sent it, keys shared between objects (:func:`_shared_keys`)."""
+def _shareable(key: str) -> bool:
+    """Keys that recur: not managedFields' per-object keys (``k:{"uid":...}``,
+    ``v:...``), not long ones (annotation values turned keys, hashes)."""
+    return len(key) <= 64 and not key.startswith(("k:", "v:"))
+
+
+def decode(raw: bytes | str, *, share_keys: bool = True) -> Any:
+    """JSON as the API server sent it, keys shared between objects (:func:`_shared_keys`)
+    unless ``share_keys`` is False (pods: their cache entries are rebuilt by the trim
+    with constant keys, so sharing would only cost time)."""
+    if not share_keys:
+        return json.loads(raw)
     return json.loads(raw, object_pairs_hook=_shared_keys)
 
 
@@ -435,7 +445,7 @@ class Kube:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
-                        yield decode(line)
+                        yield decode(line, share_keys=resource is not PODS)
         except TRANSPORT_ERRORS as exc:
             raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
         finally:

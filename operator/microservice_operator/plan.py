@@ -18,6 +18,7 @@ live cluster before acting.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -412,13 +413,20 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
 
 
 _NAMES: LRU[tuple[str, str], tuple[str, str]] = LRU(20_000)
-"""(revision, 0.1's revision) of a spec, by (MicroService name, the spec's canonical
-JSON): the same spec is named on every reconcile of an unchanged MicroService."""
+"""(revision, 0.1's revision) of a spec, by (MicroService name, a hash of the spec's
+canonical JSON): the same spec is named on every reconcile of an unchanged
+MicroService."""
+
+
+def _spec_key(name: str, raw: Any) -> tuple[str, str]:
+    """A small key that pins a spec exactly: a sha256 of its canonical JSON."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    return name, hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
     """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``)."""
-    key = (name, json.dumps(raw, sort_keys=True, separators=(",", ":")))
+    key = _spec_key(name, raw)
     names = _NAMES.get(key)
     if names is None:
         names = (render.revision(spec), render.legacy_revision(spec, name))
@@ -441,8 +449,7 @@ def _upgrade_history(
     aliases = {legacy: current}
     good, bad = records.last_known_good, records.quarantine
     if good is not None:
-        key = (name, json.dumps(good.spec, sort_keys=True, separators=(",", ":")))
-        good_names = _NAMES.get(key)
+        good_names = _NAMES.get(_spec_key(name, good.spec))
         if good_names is None:
             try:
                 good_spec = MicroServiceSpec.model_validate(good.spec)
@@ -852,6 +859,10 @@ def _status_phase(
         )
         if dep is not None:
             dep_obs, _ = _aliased(health.observe_deployment(dep), [], r.aliases)
+            if dep_obs is not None:
+                # As the API server will hold it: generation 1, not yet observed by the
+                # deployment controller (so never "rolled out", not even at 0 replicas).
+                dep_obs = dataclasses.replace(dep_obs, generation=1, observed_generation=0)
             running = dep_obs.revision if dep_obs is not None else None
             assessed = health.assess(
                 dep_obs,
@@ -860,6 +871,7 @@ def _status_phase(
                 r.now,
                 revision=assessed.revision,
                 revision_since=rev.revision_since,
+                attempt_since=_parse_time(r.state.attempt_since),
             )
     status = build_status(
         spec=r.spec,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,23 @@ class Settings:
         """Whether the watches are cluster-wide (no --namespace given; with a
         --namespace-selector they are, and the selector picks the namespaces)."""
         return not self.namespaces
+
+
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_KEY = rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}"
+_VALUE = rf"({_NAME})?"
+_REQUIREMENT = re.compile(
+    rf"\s*(!\s*{_KEY}|{_KEY}(\s*(==|!=|=)\s*{_VALUE}"
+    rf"|\s+(in|notin)\s*\(\s*{_VALUE}(\s*,\s*{_VALUE})*\s*\))?)\s*"
+)
+
+
+def valid_label_selector(selector: str) -> bool:
+    """Whether ``selector`` is a label selector as kubectl -l takes it (equality and
+    set-based requirements, comma-separated), so a typo fails at start-up instead of
+    as a 400 from every LIST."""
+    parts = re.split(r",(?![^(]*\))", selector)
+    return bool(selector.strip()) and all(_REQUIREMENT.fullmatch(p) for p in parts)
 
 
 def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -156,6 +174,11 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     namespaces = tuple(args.namespaces or args.env_namespaces)
     if namespaces and args.namespace_selector:
         raise SystemExit("--namespace and --namespace-selector exclude each other")
+    if args.namespace_selector.strip() and not valid_label_selector(args.namespace_selector):
+        raise SystemExit(
+            f"--namespace-selector: {args.namespace_selector!r} is not a label selector "
+            "(e.g. 'team=payments', 'tier!=batch', 'shard in (a,b)', '!legacy')"
+        )
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     if args.template_refreshes_per_minute < 0:

@@ -160,6 +160,7 @@ def memoised(monkeypatch: pytest.MonkeyPatch) -> tuple[Controller, dict[str, Any
     }
     c = Controller(NoWrites(), OperatorMetrics(), Settings(), exit_process=lambda _: None)  # type: ignore[arg-type]
     c.executor.observed = lambda key: state["observed"]  # type: ignore[method-assign]
+    c.store.put("MicroService", obj)
     plans: list[int] = []
     real_plan = planning.plan
 
@@ -175,11 +176,11 @@ def memoised(monkeypatch: pytest.MonkeyPatch) -> tuple[Controller, dict[str, Any
 def test_an_unchanged_microservice_is_not_planned_again(
     memoised: tuple[Controller, dict[str, Any], list[int]],
 ) -> None:
-    c, state, plans = memoised
-    assert c._reconcile(state["ms"], ("ns", "shop")) is None
+    c, _, plans = memoised
+    assert c.reconcile(("ns", "shop")) is None
     assert len(plans) == 1  # planned, found nothing to do
-    c._reconcile(state["ms"], ("ns", "shop"))
-    c._reconcile(state["ms"], ("ns", "shop"))
+    c.reconcile(("ns", "shop"))
+    c.reconcile(("ns", "shop"))
     assert len(plans) == 1
     assert c.metrics.reconciles_skipped._value.get() == 2
 
@@ -189,7 +190,7 @@ def test_a_changed_child_or_microservice_is_planned_again(
     memoised: tuple[Controller, dict[str, Any], list[int]], change: str
 ) -> None:
     c, state, plans = memoised
-    c._reconcile(state["ms"], ("ns", "shop"))
+    c.reconcile(("ns", "shop"))
     observed = state["observed"]
     if change == "pod":
         pods = (versioned(observed.pods[0], "99"), *observed.pods[1:])
@@ -206,8 +207,9 @@ def test_a_changed_child_or_microservice_is_planned_again(
         )
     else:  # a new generation (or annotation, or status) is a new resourceVersion
         state["ms"] = versioned(state["ms"], "6")
+        c.store.put("MicroService", state["ms"])
     with contextlib.suppress(AssertionError):  # a changed input may call for a write
-        c._reconcile(state["ms"], ("ns", "shop"))
+        c.reconcile(("ns", "shop"))
     assert len(plans) == 2
 
 
@@ -231,7 +233,7 @@ def test_a_plan_that_writes_is_not_memoised(
     state["observed"] = dataclasses.replace(state["observed"], deployment=drifted)
     for _ in range(2):
         with pytest.raises(AssertionError, match="unexpected API call: apply"):
-            c._reconcile(state["ms"], ("ns", "shop"))
+            c.reconcile(("ns", "shop"))
     assert len(plans) == 2
     assert ("ns", "shop") not in c._memo
 

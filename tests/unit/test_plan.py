@@ -435,3 +435,9 @@ def test_a_child_version_is_compared_field_by_field_once(monkeypatch: pytest.Mon
     dep["metadata"]["resourceVersion"] = "11"
     edited = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
     assert [m["kind"] for m in edited.applies] == ["Deployment"]
+
+
+def test_a_new_microservice_of_zero_replicas_is_not_ready_before_its_deployment_exists() -> None:
+    p = plan.plan(ms({**HELLO, "replicas": 0}), plan.Observed(), NOW)
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert (p.status["phase"], ready["status"]) == ("Progressing", "False")

@@ -74,3 +74,9 @@ def test_namespace_selector_from_flag_or_environment() -> None:
 def test_namespace_and_namespace_selector_exclude_each_other() -> None:
     with pytest.raises(SystemExit, match="exclude each other"):
         settings.parse(["-n", "a", "--namespace-selector", "team=x"], env={})
+
+
+@pytest.mark.parametrize("selector", ["team payments", "a=b=c", "=x", "shard in a"])
+def test_a_namespace_selector_that_is_no_label_selector_fails_at_start(selector: str) -> None:
+    with pytest.raises(SystemExit, match="is not a label selector"):
+        settings.parse(["--namespace-selector", selector], env={})
