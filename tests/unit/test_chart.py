@@ -283,6 +283,19 @@ def test_watch_namespaces_render_the_namespaced_overlay(helm: Helm) -> None:
     assert_same_objects(helm.template({"watchNamespaces": watched}), overlay)
 
 
+def test_a_namespace_selector_is_passed_and_may_read_namespaces(helm: Helm) -> None:
+    docs = helm.template({"namespaceSelector": "team=payments"})
+    assert env_of(docs)["MSO_NAMESPACE_SELECTOR"] == "team=payments"
+    plain = helm.template()
+    assert keys(docs) - keys(plain) == {
+        ("ClusterRole", None, "microservice-operator-namespaces"),
+        ("ClusterRoleBinding", None, "microservice-operator-namespaces"),
+    }
+    assert "exclude each other" in helm.template_error(
+        {"namespaceSelector": "team=payments", "watchNamespaces": ["shop"]}
+    )
+
+
 def test_two_replicas_render_the_ha_overlay(helm: Helm) -> None:
     assert_same_objects(helm.template({"replicas": 2}), render(MANIFESTS / "overlays" / "ha"))
 
