@@ -16,12 +16,11 @@ import itertools
 import logging
 from typing import Any
 
-import aiohttp
 import kopf
 
 from . import __version__
 from .controller import Controller
-from .kube import Kube, load_api_client, request_labels
+from .kube import Kube, counted_session, load_api_client
 from .metrics import OperatorMetrics
 from .settings import Settings
 
@@ -55,34 +54,8 @@ async def login(
     if info is None:
         return None
     metrics: OperatorMetrics = memo["metrics"]
-    trace = aiohttp.TraceConfig()
-
-    async def ended(
-        _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestEndParams
-    ) -> None:
-        metrics.kube_request(
-            *request_labels(params.method, str(params.url)), params.response.status
-        )
-
-    async def failed(
-        _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestExceptionParams
-    ) -> None:
-        metrics.kube_request(*request_labels(params.method, str(params.url)), "error")
-
-    trace.on_request_end.append(ended)
-    trace.on_request_exception.append(failed)
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
-        headers={**info.as_http_headers(), "User-Agent": f"microservice-operator/{__version__}"},
-        proxy=info.proxy_url,
-        trust_env=info.trust_env,
-        trace_configs=[trace],
-    )
-    return kopf.AiohttpSession(
-        aiohttp_session=session,
-        server=info.server,
-        default_namespace=info.default_namespace,
-        expiration=info.expiration,
+    return counted_session(
+        info, metrics.kube_request, user_agent=f"microservice-operator/{__version__}"
     )
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+import kopf
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -130,6 +132,41 @@ def request_labels(method: str, url: str) -> tuple[str, str]:
         else:
             verb = "get" if named else "list"
     return verb, resource
+
+
+def counted_session(
+    info: kopf.ConnectionInfo, on_request: RequestHook, *, user_agent: str
+) -> kopf.AiohttpSession:
+    """kopf's connection built as kopf builds it from ``info``, but with every request
+    reported to ``on_request`` (verb, resource, code) like this module's own: kopf's
+    few requests (its start-up API discovery) are counted too."""
+    trace = aiohttp.TraceConfig()
+
+    async def ended(
+        _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        on_request(*request_labels(params.method, str(params.url)), str(params.response.status))
+
+    async def failed(
+        _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestExceptionParams
+    ) -> None:
+        on_request(*request_labels(params.method, str(params.url)), "error")
+
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(failed)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": user_agent},
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        trace_configs=[trace],
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+    )
 
 
 _KEYS: dict[str, str] = {}

@@ -478,6 +478,12 @@ def _retry_request(r: _Reconcile) -> None:
     r.result.handled_annotations.append((RETRY_ANNOTATION, wanted))
     bad = r.records.quarantine
     if bad is None or wanted.strip() not in (bad.revision, "", "true"):
+        desired = _names(r.spec, r.name, r.ms.get("spec") or {})[0]
+        if bad is None and r.state.attempt_since is None and wanted.strip() == desired:
+            # Cut short after the quarantine was lifted, before status was written:
+            # the attempt still began when the user asked (their last write).
+            asked = min(spec_changed_at(r.ms) or r.now, r.now)
+            r.state = r.state.model_copy(update={"attempt_since": health.format_precise(asked)})
         what = f"revision {bad.revision} is" if bad else "no revision is"
         r.result.events.append(
             EventSpec(

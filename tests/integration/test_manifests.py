@@ -441,7 +441,7 @@ class TestNamespacedInstall:
         ):
             assert not can_i(kubeconfig, verb, resource, "-n", namespace), (verb, resource)
             assert not can_i(kubeconfig, verb, resource, "--all-namespaces"), (verb, resource)
-        # kopf's namespace observer and CRD discovery: read-only, cluster-wide.
+        # Read-only, cluster-wide: what the previous version's kopf read (kept).
         assert can_i(kubeconfig, "watch", "namespaces")
         assert can_i(kubeconfig, "watch", "customresourcedefinitions.apiextensions.k8s.io")
         assert not can_i(kubeconfig, "delete", "namespaces")

@@ -1,12 +1,17 @@
 """Request paths and error classification of the one API client module."""
 
+import asyncio
+
+import kopf
 import pytest
+from aiohttp import web
 
 from microservice_operator.kube import (
     DEPLOYMENTS,
     MICROSERVICES,
     PODS,
     KubeError,
+    counted_session,
     decode,
     request_labels,
 )
@@ -83,3 +88,34 @@ def test_decoded_objects_share_their_keys() -> None:
     (kb,) = b
     assert ka is kb
     assert [k for k in a["metadata"]][1] is [k for k in b["metadata"]][1]
+
+
+def test_kopfs_session_reports_each_request() -> None:
+    """The session kopf is given (handlers.login) counts its requests like ours."""
+    seen: list[tuple[str, str, str]] = []
+
+    async def run() -> None:
+        async def discovery(_: web.Request) -> web.Response:
+            return web.json_response({"versions": ["v1"]})
+
+        app = web.Application()
+        app.router.add_get("/api", discovery)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        ctx = counted_session(
+            kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"),
+            lambda *labels: seen.append(labels),
+            user_agent="test",
+        )
+        try:
+            async with ctx.aiohttp_session.get(f"{ctx.server}/api") as resp:
+                assert resp.status == 200
+        finally:
+            await ctx.aiohttp_session.close()
+            await runner.cleanup()
+
+    asyncio.run(run())
+    assert seen == [("get", "discovery", "200")]

@@ -515,3 +515,31 @@ def test_a_retry_is_not_judged_by_the_failed_attempts_pods() -> None:
                 since=asked_at + timedelta(seconds=2))  # fmt: skip
     again = plan.plan(obj, with_(lifted, pods=(*old_pods, fresh)), asked_at + timedelta(seconds=4))
     assert "RolledBack" in [e.reason for e in again.events]
+
+
+def test_a_retry_cut_short_is_still_not_judged_by_the_failed_attempts_pods() -> None:
+    """Killed after the quarantine record was deleted but before status (with
+    attemptSince) was written: the next reconcile finds no quarantine, yet the attempt
+    began when the user asked, so the failed attempt's pods still do not count."""
+    obj, observed, bad_rev = _quarantined()
+    obj["status"] = plan.plan(obj, observed, NOW).status
+    asked_at = NOW + timedelta(seconds=5)
+    obj = annotated(obj, **{plan.RETRY_ANNOTATION: bad_rev})
+    obj["metadata"]["managedFields"] = [
+        {"manager": "kubectl-annotate", "operation": "Update", "time": plan.rfc3339(asked_at)}
+    ]
+    old_pods = tuple(
+        pod(f"shop-old-{i}", bad_rev, ready=False, restarts=5, waiting="CrashLoopBackOff",
+            since=NOW - timedelta(seconds=30))
+        for i in range(3)
+    )  # fmt: skip
+    lifted = with_(
+        observed,
+        pods=old_pods,
+        revisions=tuple(
+            r for r in observed.revisions if not r["metadata"]["name"].startswith("shop-bad-")
+        ),
+    )
+    p = plan.plan(obj, lifted, asked_at + timedelta(seconds=2))
+    assert "RolledBack" not in [e.reason for e in p.events]
+    assert p.status["failoverState"]["attemptSince"].startswith(plan.rfc3339(asked_at)[:19])
