@@ -109,6 +109,14 @@ def test_wiped_status_while_failed_over_keeps_traffic_on_the_standby(
         timeout=60,
         message="warm standby",
     )
+    # A healthy primary made sick: kwok's unready stage acts on Ready pods only.
+    wait_for(
+        lambda: all_ready(
+            kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=primary", 3
+        ),
+        timeout=60,
+        message="a ready primary",
+    )
     primary = [
         p.metadata.name
         for p in pods(kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=primary")
