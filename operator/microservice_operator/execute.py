@@ -139,6 +139,11 @@ class Executor:
             child = manifest["metadata"]["name"]
             seen = p.observed.find(kind, child) if p.observed is not None else None
             live = self.apply_child(ms, manifest, seen)
+            seed = p.seeds.get(child) if kind == "Deployment" and seen is None else None
+            if seed is not None:
+                # Created without spec.replicas (the HPA's field): start at minReplicas
+                # under the hand-off manager, which the HPA takes the field over from.
+                live = self.kube.handoff_replicas(live, replicas=seed)
             self.store.put_written(kind, live)
             log.info("%s %s %s/%s", "Created" if seen is None else "Updated", kind, ns, child)
         for kind, child, uid in p.deletes:

@@ -541,21 +541,26 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
-    def handoff_replicas(self, deployment: dict[str, Any]) -> None:
+    def handoff_replicas(
+        self, deployment: dict[str, Any], *, replicas: int | None = None
+    ) -> dict[str, Any]:
         """Hand ``spec.replicas`` of a Deployment to the HPA without resetting it.
 
         When an apply stops sending a field its manager solely owned, the API server
         removes the field, and a Deployment would fall back to 1 replica before the
-        HPA reacts. Applying the current value under a second manager first keeps a
-        co-owner until the HPA writes the field (the documented ownership transfer).
+        HPA reacts. Applying the current value (or ``replicas``) under a second manager
+        first keeps a co-owner until the HPA writes the field (the documented
+        ownership transfer). Returns the Deployment as written.
         """
         meta = deployment["metadata"]
-        self.apply(
+        if replicas is None:
+            replicas = deployment.get("spec", {}).get("replicas", 1)
+        return self.apply(
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "spec": {"replicas": deployment.get("spec", {}).get("replicas", 1)},
+                "spec": {"replicas": replicas},
             },
             manager=HANDOFF_FIELD_MANAGER,
         )

@@ -122,6 +122,9 @@ class Plan:
     history_deletes: list[tuple[str, str]] = field(default_factory=list)  # name, uid
     applies: list[dict[str, Any]] = field(default_factory=list)
     handoffs: list[dict[str, Any]] = field(default_factory=list)  # Deployments for the HPA
+    # New autoscaled Deployments: replicas to hand the HPA right after the create, so
+    # a service starts at minReplicas instead of 1 until the HPA's first sync.
+    seeds: dict[str, int] = field(default_factory=dict)
     deletes: list[tuple[str, str, str]] = field(default_factory=list)  # kind, name, uid
     pod_deletes: list[tuple[str, str]] = field(default_factory=list)  # name, uid
     status: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +161,7 @@ class Plan:
             + len(self.history_applies)
             + len(self.history_deletes)
             + len(self.handoffs)
+            + len(self.seeds)
             + len(self.handled_annotations)
         )
 
@@ -780,6 +784,13 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
             ):
                 result.handoffs.append(live)
             result.applies.append(hashed)
+            if (
+                key == "deployment"
+                and live is None
+                and r.spec.autoscaling is not None
+                and "replicas" not in hashed.get("spec", {})
+            ):
+                result.seeds[hashed["metadata"]["name"]] = r.spec.autoscaling.min_replicas
     # A rollback decided earlier whose Deployment write failed (or was cut short by a
     # crash) is carried out now: report it when it really happens.
     decision = rev.decision

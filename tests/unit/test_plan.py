@@ -202,6 +202,20 @@ def test_enabling_autoscaling_hands_replicas_over_and_removing_it_deletes_the_hp
     assert p.deletes == [("HorizontalPodAutoscaler", "shop", "uid-shop")]
 
 
+def test_a_new_autoscaled_deployment_starts_at_min_replicas_for_the_hpa() -> None:
+    """Created without spec.replicas (the HPA's field), it would run 1 pod until the
+    HPA's first sync: the plan seeds minReplicas through the hand-off manager."""
+    spec = {**HELLO, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+    p = plan.plan(ms(spec), plan.Observed(), NOW)
+    dep = next(m for m in p.applies if m["kind"] == "Deployment")
+    assert "replicas" not in dep["spec"]
+    assert p.seeds == {dep["metadata"]["name"]: 2}
+    assert plan.plan(ms(HELLO), plan.Observed(), NOW).seeds == {}  # no HPA: replicas owned
+    obj, observed = converged(HELLO)
+    obj["spec"] = spec
+    assert plan.plan(obj, observed, NOW).seeds == {}  # an existing one is handed over instead
+
+
 def test_children_of_someone_else_are_never_deleted() -> None:
     obj, observed = converged(HELLO)
     hpa = {
