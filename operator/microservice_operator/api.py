@@ -657,6 +657,114 @@ class Standby(Model):
     )
 
 
+PLACEHOLDERS = ("namespace", "name", "track", "revision", "interval")
+QUERY_PATTERN = "^([^{]|[{][^{]|[{][{] *(" + "|".join(PLACEHOLDERS) + ") *[}][}])*[{]?$"
+"""A PromQL template whose every ``{{`` opens one of the placeholders."""
+
+Query = Annotated[
+    str,
+    Field(min_length=1, max_length=4096),
+    Check(
+        cel_matches("self", QUERY_PATTERN),
+        "must be PromQL whose placeholders are {{ namespace }}, {{ name }}, {{ track }}, "
+        "{{ revision }} or {{ interval }}",
+        _matches(QUERY_PATTERN),
+    ),
+]
+
+CHECK_NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class AnalysisCheck(Model):
+    """One service-level check: a PromQL query, run every intervalSeconds, whose single
+    value is compared with a threshold."""
+
+    name: str = Field(
+        ...,
+        max_length=63,
+        pattern=CHECK_NAME_PATTERN,
+        description="Name of the check (lowercase letters, digits and '-'), shown in "
+        "Events, conditions and the mso_analysis_* metrics.",
+    )
+    query: Query = Field(
+        ...,
+        description="PromQL that yields one number, e.g. the error ratio of this "
+        "revision's pods. Placeholders, replaced before each query: {{ namespace }}, "
+        "{{ name }} (the MicroService's), {{ track }} (primary or standby), {{ revision }} "
+        "(the pods' mso.dev/revision label) and {{ interval }} (intervalSeconds as a "
+        "PromQL duration, e.g. 30s). An empty result or NaN (no traffic) is "
+        "inconclusive, not a failure; so is more than one series: aggregate with sum() "
+        "or max().",
+    )
+    threshold: float = Field(..., description="The value the result is compared with.")
+    fail_when: Literal["Above", "Below"] = Field(
+        "Above",
+        description="Above: the check fails when the value is above the threshold (error "
+        "ratios, latencies). Below: when it is below (success rates, throughput).",
+    )
+    interval_seconds: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Seconds between queries. Keep it at least the Prometheus scrape "
+        "interval; the first query runs one interval after the revision is first seen.",
+    )
+    failure_limit: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Consecutive failures after which a new revision is judged bad and "
+        "rolled back (never before). A healthy, proven primary counts as sick from its "
+        "first failure, and fails over after failoverAfterSeconds of them.",
+    )
+    success_limit: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Consecutive passes a new revision needs, with all its pods ready, "
+        "before it is proven (the last known good).",
+    )
+
+
+class Analysis(Model):
+    """Health from what users feel: Prometheus checks that gate a new revision (rolled
+    back after failureLimit failures) and make a sick primary fail over. The Prometheus
+    address is the operator's --prometheus-url."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.checks.all(c, self.checks.exists_one(d, d.name == c.name))",
+                    "failover.analysis.checks[].name must be unique",
+                    ".checks",
+                )
+            ]
+        }
+    )
+
+    checks: list[AnalysisCheck] = Field(
+        ...,
+        min_length=1,
+        max_length=10,
+        description="The checks; each must pass for a new revision to be proven.",
+    )
+    inconclusive_is_failure: bool = Field(
+        False,
+        description="Count an inconclusive result (Prometheus unreachable, a query error, "
+        "no data) as a failure. Off by default: missing data never rolls back a release "
+        "or moves traffic; it only delays proving a new revision, and the Analysis "
+        "condition says why. On, a primary that gets no traffic (e.g. after a failover) "
+        "has no data and cannot fail back on its own: use mso.dev/failback.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> Analysis:
+        if _duplicates([(c.name,) for c in self.checks]):
+            raise ValueError("failover.analysis.checks[].name must be unique")
+        return self
+
+
 class Failover(Model):
     """Health-based failover: rollback of bad releases, warm standby, pod remediation."""
 
@@ -735,6 +843,13 @@ class Failover(Model):
         None,
         description="Warm standby; none when unset. Removing it while it carries traffic "
         "keeps traffic (and the standby) until the primary is healthy again.",
+    )
+    analysis: Analysis | None = Field(
+        None,
+        description="Service-level checks against Prometheus (error ratio, latency): a new "
+        "revision must pass them to be proven and is rolled back when one fails "
+        "failureLimit times in a row; a primary failing them for failoverAfterSeconds "
+        "fails over to the standby. None when unset.",
     )
 
 
@@ -1015,6 +1130,20 @@ class FailoverState(Model):
     )
 
 
+class AnalysisResult(Model):
+    """The latest result of one check against one revision."""
+
+    check: str = Field(..., description="Name of the check (spec.failover.analysis.checks).")
+    track: str = Field(..., description="Track whose pods were queried: primary or standby.")
+    revision: str = Field(..., description="Revision whose pods were queried.")
+    outcome: Literal["Passed", "Failed", "Inconclusive"] = Field(
+        ..., description="Passed, Failed, or Inconclusive (no data, or no answer)."
+    )
+    consecutive_failures: int = Field(0, description="Failures in a row (up to failureLimit).")
+    since: str = Field(..., description="Since when the check has had this outcome (RFC 3339).")
+    message: str = Field("", description="The value and threshold, or why it is inconclusive.")
+
+
 Phase = Literal["Pending", "Progressing", "Running", "Degraded", "FailedOver", "Invalid"]
 Track = Literal["primary", "standby"]
 
@@ -1069,9 +1198,16 @@ class MicroServiceStatus(Model):
     failover_state: FailoverState | None = Field(
         None, description="Internal timers of the failover logic."
     )
+    analysis: list[AnalysisResult] | None = Field(
+        None,
+        description="The checks of spec.failover.analysis: latest outcome per check for "
+        "the revision being judged (kept by the running operator; a restarted one starts "
+        "counting afresh, which can only delay a rollback).",
+    )
     conditions: list[Condition] | None = Field(
         None,
-        description="Ready, Progressing, Degraded, FailedOver, RolledBack, Reconciling, Stalled.",
+        description="Ready, Progressing, Degraded, FailedOver, RolledBack, Reconciling, "
+        "Stalled, Analysis.",
     )
 
 

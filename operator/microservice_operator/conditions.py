@@ -16,6 +16,7 @@ ORDER = (
     "Ready",
     "Progressing",
     "Degraded",
+    "Analysis",
     "FailedOver",
     "RolledBack",
     "Paused",

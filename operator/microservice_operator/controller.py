@@ -18,6 +18,7 @@ operator that reports healthy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import plan as planning
+from .analyzer import Analyzer
 from .elector import Elector
 from .execute import MANAGED_SELECTOR, MS_KIND, STALE, Executor, utcnow
 from .informer import Informer, Store, ident, owner_key
@@ -97,6 +99,7 @@ def fingerprint(ms: dict[str, Any], observed: planning.Observed) -> tuple[Any, .
         tuple(version(c) if c is not None else None for c in children),
         tuple(sorted(version(p) for p in observed.pods)),
         tuple(sorted(version(r) for r in observed.revisions)),
+        tuple(sorted(s.view() for s in observed.analysis)),
     )
 
 
@@ -152,6 +155,7 @@ class Controller:
         # holds the Lease with leader election (it exits when it loses it).
         self._leading = asyncio.Event()
         self._stopping = False
+        self.analyzer = Analyzer(settings.prometheus_url, metrics, self._analysis_changed)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -189,6 +193,7 @@ class Controller:
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._supervise(), name="mso-supervisor"))
+        self._tasks.append(asyncio.create_task(self.analyzer.run(), name="mso-analyzer"))
         if self.settings.leader_election:
             self._start_elector()
         else:
@@ -389,9 +394,15 @@ class Controller:
         self.queue.forget(key)
         self._failures.pop(key, None)
         self._memo.pop(key, None)
+        self.analyzer.forget(key)
         if key in self.metrics.tracked():
             self.metrics.forget(*key)
             log.info("Forgot MicroService %s/%s (%s)", *key, why)
+
+    def _analysis_changed(self, key: Key) -> None:
+        """An analysis check said something new (on the loop): plan again."""
+        if self.store.get(MS_KIND, *key) is not None:
+            self.queue.add(key)
 
     # ------------------------------------------------------------------ workers
     async def _worker(self) -> None:
@@ -434,7 +445,7 @@ class Controller:
         ms = self.store.get(MS_KIND, *key)
         if ms is None or ms.get("metadata", {}).get("deletionTimestamp"):
             return None
-        observed = self.executor.observed(key)
+        observed = self._with_analysis(key, self.executor.observed(key))
         inputs = fingerprint(ms, observed)
         memo = self._memo.get(key)
         if memo is not None and memo.still_holds(inputs, time.monotonic()):
@@ -451,6 +462,10 @@ class Controller:
             return None
         return delay
 
+    def _with_analysis(self, key: Key, observed: planning.Observed) -> planning.Observed:
+        checks = self.analyzer.snapshot(key)
+        return dataclasses.replace(observed, analysis=checks) if checks else observed
+
     def _confirm(
         self, ms: dict[str, Any], p: planning.Plan, key: Key, *, refresh: bool
     ) -> tuple[dict[str, Any], planning.Plan] | None:
@@ -460,6 +475,7 @@ class Controller:
         if live is None:
             return None
         ms_live, observed = live
+        observed = self._with_analysis(key, observed)
         fresh = planning.plan(ms_live, observed, utcnow(), refresh=refresh)
         dropped = [d for d in p.destructive if d not in fresh.destructive]
         if dropped:
@@ -542,6 +558,7 @@ class Controller:
             transient = exc.transport or exc.status == 429 or exc.status >= 500
             return self._backoff(key, transient=transient)
         self._failures.pop(key, None)
+        self.analyzer.want(key, p.analysis_spec, p.analysis_targets)
         if p.is_noop and not p.stale_templates and not (p.observed and p.observed.live):
             self._memo[key] = Memo.after(inputs, p.requeue_after, time.monotonic())
         if p.invalid and p.events:  # counted once per new problem, not per pod event

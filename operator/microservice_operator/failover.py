@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from .analysis import Verdict
 from .api import Failover, FailoverEvent, FailoverState, QuarantineRecord, RevisionRecord, Track
 from .health import Health, PodObservation, format_precise
 from .health import format_time as format_time  # noqa: PLC0414
@@ -98,6 +99,7 @@ def decide_rollback(
     quarantined: QuarantineRecord | None,
     failover: Failover,
     now: datetime,
+    analysis: Verdict | None = None,
 ) -> RollbackDecision:
     """Roll a bad release back to the last known good, at most once, never in a loop.
 
@@ -109,10 +111,15 @@ def decide_rollback(
     - An unproven desired revision is bad when a pod of it restarted
       unhealthyThreshold times (CrashLoop), waited on an image or configuration
       error for imageErrorGraceSeconds (ImagePullError, ContainerConfigError), or its
-      deadline passed (ProgressDeadlineExceeded). Then ``rollback`` if rollback is
+      deadline passed (ProgressDeadlineExceeded), or one of its analysis checks
+      failed failureLimit times in a row (AnalysisFailed). Then ``rollback`` if rollback is
       enabled and a last known good of another revision exists, else
       ``degraded_no_rollback``, which keeps applying the spec as written and changes
       nothing else.
+    - With ``analysis`` (the verdict of spec.failover.analysis on the desired
+      revision), full health is not enough to be proven: every check must also have
+      passed successLimit times in a row; until then ``apply_desired`` (Analyzing).
+      An inconclusive analysis only waits, whatever the deadline.
     ``health`` must be assessed for ``desired_revision`` unless it is quarantined.
     """
     lkg = last_known_good
@@ -149,7 +156,10 @@ def decide_rollback(
         return out("stay_rolled_back", quarantine.reason, msg, lkg)
     if health.revision != desired_revision:
         raise ValueError(f"health is for revision {health.revision}, not {desired_revision}")
-    if health.fully_healthy:
+    failed_check = analysis.failed if analysis is not None else None
+    if health.fully_healthy and failed_check is None:
+        if analysis is not None and not analysis.proven and lkg_differs(lkg, desired_revision):
+            return out("apply_desired", "Analyzing", f"{name} is healthy; {analysis.summary}.")
         spec = dict(desired_spec)
         record = RevisionRecord(revision=desired_revision, image=desired_image, spec=spec)
         if health.desired > 0 and record != lkg:
@@ -169,6 +179,9 @@ def decide_rollback(
         reason = "ImagePullError" if pull else "ContainerConfigError"
         pods = ", ".join(f"{n} ({r})" for n, r in health.image_errors)
         problem = f"{'/'.join(reasons)} for {failover.image_error_grace_seconds}s+: {pods}"
+    elif failed_check is not None:
+        reason = "AnalysisFailed"
+        problem = f"analysis check {failed_check.message}"
     elif health.deadline_exceeded:
         reason = "ProgressDeadlineExceeded"
         problem = f"not healthy within {failover.progress_deadline_seconds}s: {health.summary}"
@@ -191,6 +204,11 @@ def decide_rollback(
         generation=generation,
     )
     return out("rollback", reason, msg, lkg, bad=bad)
+
+
+def lkg_differs(lkg: RevisionRecord | None, revision: str) -> bool:
+    """Whether ``revision`` still has to prove itself (it is not the last known good)."""
+    return lkg is None or lkg.revision != revision
 
 
 # --------------------------------------------------------------------------- traffic
@@ -234,6 +252,7 @@ def decide_track(
     failover: Failover,
     now: datetime,
     failback_requested: bool = False,
+    analysis_failing: str | None = None,
 ) -> TrackDecision:
     """Move traffic to the warm standby when the primary stays sick, back when it
     stays well, with hysteresis so a flapping primary cannot make traffic flap.
@@ -250,6 +269,9 @@ def decide_track(
       and the primary has some.
     - ``failback_requested`` (the ``mso.dev/failback`` annotation): back at once,
       without waiting failbackAfterSeconds, if the primary is healthy.
+    - ``analysis_failing`` (the message of a failing analysis check of the proven
+      primary) makes a primary with enough ready pods count as unhealthy too:
+      users feel errors and latency, not readiness. An inconclusive analysis does not.
     - Without a standby: primary, timers cleared once, standby_replicas 0. Except
       when the standby was removed from the spec while it carried traffic and still
       has ready pods: traffic stays there until the primary is healthy.
@@ -275,8 +297,9 @@ def decide_track(
     else:
         base = failover.standby.replicas
         scaled = max(base, standby_replicas_needed)
-        healthy_since = (parse_time(state.healthy_since) or now) if health.healthy else None
-        unhealthy_since = None if health.healthy else (parse_time(state.unhealthy_since) or now)
+        well = health.healthy and analysis_failing is None
+        healthy_since = (parse_time(state.healthy_since) or now) if well else None
+        unhealthy_since = None if well else (parse_time(state.unhealthy_since) or now)
         new_state = state.model_copy(
             update={
                 "healthy_since": _keep(state.healthy_since, healthy_since),
@@ -284,16 +307,21 @@ def decide_track(
             }
         )
         ratio = f"Primary {health.ready}/{health.desired} ready"
+        sick = f"{ratio}, below {failover.min_healthy_ratio:g}"
+        sick_reason = "PrimaryUnhealthy"
+        if health.healthy and analysis_failing is not None:
+            ratio = sick = f"Primary failing its analysis: {analysis_failing}"
+            sick_reason = "AnalysisFailed"
         if current == "primary" and unhealthy_since is None:
             size, reason, msg = base, "PrimaryHealthy", f"{ratio}."
         elif current == "primary" and unhealthy_since is not None:
             left = failover.failover_after_seconds - (now - unhealthy_since).total_seconds()
             need = required_standby_ready(standby_replicas_needed, failover.min_healthy_ratio)
             if left > 0:
-                size, reason, wait = base, "PrimaryUnhealthy", left
-                msg = f"{ratio}, below {failover.min_healthy_ratio:g}; failover in {left:.0f}s."
+                size, reason, wait = base, sick_reason, left
+                msg = f"{sick}; failover in {left:.0f}s."
             elif standby_ready >= need or standby_ready > health.ready:
-                track, size, reason = "standby", scaled, "PrimaryUnhealthy"
+                track, size, reason = "standby", scaled, sick_reason
                 msg = f"{ratio}; traffic moved to the standby ({standby_ready} ready)."
             else:
                 size, reason = scaled, "WaitingForStandby"
@@ -302,7 +330,7 @@ def decide_track(
             left = None
             if healthy_since is not None:
                 left = failover.failback_after_seconds - (now - healthy_since).total_seconds()
-            if failback_requested and health.healthy:
+            if failback_requested and well:
                 size, reason = base, "FailbackRequested"
                 msg = f"{ratio}; traffic back on request (mso.dev/failback)."
             elif left is not None and left <= 0:

@@ -19,6 +19,7 @@ miss the first rollback otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -72,6 +73,7 @@ TRACKS: Final = ("primary", "standby")
 
 FAILOVER_REASONS: Final = (
     "PrimaryUnhealthy",
+    "AnalysisFailed",
     "PrimaryRecovered",
     "StandbyUnavailable",
     "StandbyRemoved",
@@ -79,12 +81,22 @@ FAILOVER_REASONS: Final = (
 )
 """The ``reason`` of failover.TrackDecision when traffic switches: ``PrimaryUnhealthy``
 moved it to the standby; ``PrimaryRecovered`` (failback), ``StandbyUnavailable`` and
-``StandbyRemoved`` moved it back to the primary."""
+``StandbyRemoved`` moved it back to the primary; ``AnalysisFailed`` moved it to the
+standby because the primary failed its analysis checks."""
 
-ROLLBACK_REASONS: Final = ("ProgressDeadlineExceeded", "CrashLoop", OTHER)
+ROLLBACK_REASONS: Final = (
+    "ProgressDeadlineExceeded",
+    "CrashLoop",
+    "ImagePullError",
+    "ContainerConfigError",
+    "AnalysisFailed",
+    OTHER,
+)
 """Why failover.decide_revision judged a revision bad and rolled it back."""
 
 _ALIASES: Final = {"crashloopbackoff": "CrashLoop"}
+
+ANALYSIS_OUTCOMES: Final = ("Passed", "Failed", "Inconclusive")
 
 RECONCILE_ERROR_REASONS: Final = ("InvalidSpec", "ApiError", "Conflict", "Timeout", OTHER)
 
@@ -401,6 +413,26 @@ class OperatorMetrics:
             ["verb", "resource", "code"],
             registry=reg,
         )
+        check = (*ms, "check", "track")
+        self.analysis_results = Counter(
+            "mso_analysis_results",
+            "Results of the analysis checks (spec.failover.analysis), by check, track and "
+            "outcome (Passed, Failed, Inconclusive: no data or no answer from Prometheus).",
+            [*check, "outcome"],
+            registry=reg,
+        )
+        self.analysis_outcome = Gauge(
+            "mso_analysis_outcome",
+            "1 for the latest outcome of each analysis check, 0 for the others.",
+            [*check, "outcome"],
+            registry=reg,
+        )
+        self.analysis_value = Gauge(
+            "mso_analysis_value",
+            "The latest value an analysis check's query returned (absent when it had none).",
+            check,
+            registry=reg,
+        )
         self.build_info = Gauge(
             "mso_build_info",
             "Always 1; the version label says which operator build is running.",
@@ -416,6 +448,7 @@ class OperatorMetrics:
             (self.failovers, (*ms, "reason")),
             (self.rollbacks, (*ms, "reason")),
             (self.pod_remediations, ms),
+            *self._analysis_metrics(),
         )
         for reason in RECONCILE_ERROR_REASONS:
             self.reconcile_errors.labels(reason=reason)
@@ -491,6 +524,41 @@ class OperatorMetrics:
         with self._lock:
             self._ensure(namespace, name)
             self.pod_remediations.labels(namespace, name).inc(count)
+
+    def _analysis_metrics(self) -> tuple[tuple[Gauge | Counter, tuple[str, ...]], ...]:
+        check = ("namespace", "name", "check", "track")
+        return (
+            (self.analysis_results, (*check, "outcome")),
+            (self.analysis_outcome, (*check, "outcome")),
+            (self.analysis_value, check),
+        )
+
+    def analysis_result(
+        self, namespace: str, name: str, check: str, track: str, outcome: str, value: float | None
+    ) -> None:
+        """Record one result of an analysis check."""
+        if outcome not in ANALYSIS_OUTCOMES:
+            raise ValueError(f"outcome must be one of {ANALYSIS_OUTCOMES}, not {outcome!r}")
+        with self._lock:
+            for o in ANALYSIS_OUTCOMES:
+                self.analysis_results.labels(namespace, name, check, track, o)
+                self.analysis_outcome.labels(namespace, name, check, track, o).set(
+                    1 if o == outcome else 0
+                )
+            self.analysis_results.labels(namespace, name, check, track, outcome).inc()
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    self.analysis_value.remove(namespace, name, check, track)
+            else:
+                self.analysis_value.labels(namespace, name, check, track).set(value)
+
+    def forget_analysis(self, namespace: str, name: str) -> None:
+        """Remove the analysis series of a MicroService (its checks or targets changed)."""
+        with self._lock:
+            for metric, names in self._analysis_metrics():
+                for labelvalues in _label_sets(metric, names):
+                    if labelvalues[:2] == (namespace, name):
+                        metric.remove(*labelvalues)
 
     def forget(self, namespace: str, name: str) -> None:
         """Remove every series of a MicroService (it was deleted): dashboards and alerts

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import conditions, failover, health, history, render
-from .api import FailoverState, MicroServiceSpec, MicroServiceStatus, RevisionRef
+from . import analysis, conditions, failover, health, history, render
+from .api import Analysis, FailoverState, MicroServiceSpec, MicroServiceStatus, RevisionRef
 from .diff import (
     controlled_by,
     extract,
@@ -69,6 +69,8 @@ class Observed:
     pods: tuple[dict[str, Any], ...] = ()
     revisions: tuple[dict[str, Any], ...] = ()  # ControllerRevisions (history records)
     live: bool = False  # read from the API server just now, not from the caches
+    # What the analysis checks said lately (the running analyzer's memory, not status).
+    analysis: tuple[analysis.CheckState, ...] = ()
 
     def find(self, kind: str, name: str) -> dict[str, Any] | None:
         """The observed child of a kind and name, if this observation has it."""
@@ -140,6 +142,10 @@ class Plan:
     observed: Observed | None = None  # what it was planned from
     handled_annotations: list[tuple[str, str]] = field(default_factory=list)  # to remove
     stale_templates: list[str] = field(default_factory=list)  # rendering changes (paced)
+    # The checks (spec.failover.analysis) and the (track, revision) pairs they should
+    # query next; empty: none.
+    analysis_spec: Analysis | None = None
+    analysis_targets: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_noop(self) -> bool:
@@ -327,6 +333,9 @@ class _Reconcile:
     aliases: dict[str, str] = field(default_factory=dict)  # operator 0.1 revision -> ours
     refresh: bool = True  # roll out rendering changes of unchanged revisions now
     standby_replicas: int | None = None  # what the standby is rendered with (None: HPA)
+    # Analysis verdicts: on the release proving itself, and on the proven primary.
+    rollout_verdict: analysis.Verdict | None = None
+    primary_verdict: analysis.Verdict | None = None
 
     @property
     def annotations(self) -> dict[str, str]:
@@ -570,6 +579,17 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         revision_since=revision_since,
         attempt_since=attempt_since if target == desired_revision else None,
     )
+    checks: analysis.Verdict | None = None
+    if (
+        fo.analysis is not None
+        and target == desired_revision
+        and failover.lkg_differs(records.last_known_good, desired_revision)
+    ):
+        # A release still proving itself: its pods' checks decide with its health.
+        checks = analysis.verdict(
+            fo.analysis, r.observed.analysis, track=render.PRIMARY, revision=desired_revision
+        )
+        r.rollout_verdict = checks
     decision = failover.decide_rollback(
         desired_revision=desired_revision,
         desired_image=spec.image,
@@ -580,6 +600,7 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         quarantined=records.quarantine,
         failover=fo,
         now=r.now,
+        analysis=checks,
     )
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
@@ -648,6 +669,20 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
     if current_track is None:
         current_track = r.old.active_track if observed.service is None else "primary"
     failback = r.annotations.get(FAILBACK_ANNOTATION)
+    failing: str | None = None
+    good = r.records.last_known_good
+    if (
+        fo.analysis is not None
+        and standby_configured
+        and good is not None
+        and assessed.revision == good.revision
+    ):
+        # A proven primary with a standby to fail over to: its checks keep running.
+        r.primary_verdict = analysis.verdict(
+            fo.analysis, observed.analysis, track=render.PRIMARY, revision=good.revision
+        )
+        if r.primary_verdict.failing is not None:
+            failing = r.primary_verdict.failing.message
     track = failover.decide_track(
         health=assessed,
         state=r.state,
@@ -658,6 +693,7 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
         failover=fo,
         now=r.now,
         failback_requested=failback is not None,
+        analysis_failing=failing,
     )
     r.state = track.state
     if failback is not None:
@@ -806,6 +842,63 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
         result.destructive.append(f"rollback to {decision.revision}")
 
 
+def _analysis_status(
+    r: _Reconcile, rev: _Revision, status: MicroServiceStatus
+) -> MicroServiceStatus:
+    """What the analyzer should query next (``analysis_targets``), status.analysis and
+    the Analysis condition: True while the checks pass, False when one fails, Unknown
+    while they have no answer (inconclusive) or not enough of one yet."""
+    spec_analysis = r.spec.failover.analysis
+    if spec_analysis is None:
+        if status.analysis is None and conditions.find(status.conditions, "Analysis") is None:
+            return status
+        kept = [c for c in status.conditions or [] if c.type != "Analysis"]
+        return status.model_copy(update={"analysis": None, "conditions": kept})
+    targets: list[tuple[str, str]] = []
+    shown: analysis.Verdict | None = None
+    if r.rollout_verdict is not None:
+        shown = r.rollout_verdict
+        if not rev.decision.rolled_back:
+            targets.append((render.PRIMARY, rev.desired))
+    if r.primary_verdict is not None and r.records.last_known_good is not None:
+        shown = shown or r.primary_verdict
+        targets.append((render.PRIMARY, r.records.last_known_good.revision))
+    r.result.analysis_spec = spec_analysis
+    r.result.analysis_targets = tuple(targets)
+    about = set(targets)
+    if r.rollout_verdict is not None:
+        about.add((render.PRIMARY, rev.desired))  # also at the moment it is rolled back
+    reports = [s.report() for s in r.observed.analysis if (s.track, s.revision) in about]
+    if shown is None:
+        value: bool | str = True
+        reason = "Idle"
+        message = "No revision under analysis: the checks run while a new revision proves "
+        message += "itself, and on the primary while a standby is configured."
+    elif shown.failed is not None or shown.failing is not None:
+        value, reason, message = False, "Failed", shown.summary
+    elif shown.inconclusive:
+        value, reason, message = "Unknown", "Inconclusive", shown.summary
+    elif shown.waiting or (shown is r.rollout_verdict and not shown.proven):
+        value, reason, message = "Unknown", "Analyzing", shown.summary
+    else:
+        value, reason, message = True, "Passed", shown.summary
+    cond = conditions.make(
+        r.old.conditions,
+        "Analysis",
+        value if isinstance(value, bool) else "Unknown",
+        reason,
+        message,
+        generation=r.generation,
+        now=rfc3339(r.now),
+    )
+    return status.model_copy(
+        update={
+            "analysis": sorted(reports, key=lambda a: (a.track, a.revision, a.check)) or None,
+            "conditions": conditions.merge(status.conditions, [cond]),
+        }
+    )
+
+
 def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
     return dict(obj.get("metadata", {}).get("annotations") or {})
 
@@ -925,6 +1018,7 @@ def _status_phase(
             ),
         }
     )
+    status = _analysis_status(r, rev, status)
     if conditions.find(r.old.conditions, "Paused") is not None:
         resumed = conditions.make(
             status.conditions,

@@ -51,6 +51,7 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TRACK_LABEL = f"{api.GROUP}/track"
 REVISION_ANNOTATION = f"{api.GROUP}/revision"
+REVISION_LABEL = REVISION_ANNOTATION
 TEMPLATE_HASH_ANNOTATION = f"{api.GROUP}/template-hash"
 REVISION_SCHEME = "intent-v1"
 """Bumped only if the normalisation of the intent ever has to change (it must not)."""
@@ -246,6 +247,9 @@ def _template(
     annotations = dict(pt.annotations or {})
     if revision_hash is not None:
         annotations[REVISION_ANNOTATION] = revision_hash
+        # Also a label: Prometheus relabels pod labels into series, so analysis queries
+        # can select one revision's pods ({{ revision }}). Never in a selector.
+        labels[REVISION_LABEL] = revision_hash
     metadata: Manifest = {"labels": labels}
     if annotations:
         metadata["annotations"] = annotations

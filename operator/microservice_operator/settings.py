@@ -36,6 +36,7 @@ class Settings:
     lease_namespace: str = "mso-system"
     identity: str = ""
     template_refreshes_per_minute: int = 10
+    prometheus_url: str = ""
 
     @property
     def clusterwide(self) -> bool:
@@ -163,6 +164,13 @@ def parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         "rolling restart). 0 waits for each MicroService's next release. Env: "
         "MSO_TEMPLATE_REFRESHES_PER_MINUTE. Default: %(default)s",
     )
+    p.add_argument(
+        "--prometheus-url",
+        default=env.get("MSO_PROMETHEUS_URL", ""),
+        help="Base URL of the Prometheus HTTP API the analysis checks of "
+        "spec.failover.analysis query, e.g. http://prometheus.monitoring:9090. Without "
+        "it every check is inconclusive (never a rollback). Env: MSO_PROMETHEUS_URL.",
+    )
     p.set_defaults(env_namespaces=namespaces)
     return p
 
@@ -183,6 +191,12 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         raise SystemExit("--workers must be at least 1")
     if args.template_refreshes_per_minute < 0:
         raise SystemExit("--template-refreshes-per-minute must be 0 or more")
+    prometheus_url = args.prometheus_url.strip().rstrip("/")
+    if prometheus_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", prometheus_url):
+        raise SystemExit(
+            f"--prometheus-url: {args.prometheus_url!r} is not an http(s) URL "
+            "(e.g. http://prometheus.monitoring:9090)"
+        )
     identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return Settings(
         leader_election=args.leader_election,
@@ -197,4 +211,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         log_format=args.log_format,
         workers=args.workers,
         template_refreshes_per_minute=args.template_refreshes_per_minute,
+        prometheus_url=prometheus_url,
     )

@@ -78,7 +78,10 @@ def build_status(
     settled = assessed.rolled_out or (assessed.current and assessed.old_revision_pods == 0)
     proven = settled and proven_revision is not None and proven_revision == assessed.revision
     serving = assessed.fully_healthy or (proven and assessed.healthy)
-    rolling = dep is None or (not assessed.rolled_out and not bad)
+    # A rolled-out release whose analysis checks have not yet passed is still in
+    # progress (kstatus: Reconciling), though its pods serve (Ready).
+    analyzing = decision.reason == "Analyzing"
+    rolling = dep is None or (not assessed.rolled_out and not bad) or analyzing
 
     def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
         return conditions.make(prev, type_, status, reason, message, generation=generation, now=ts)
@@ -100,7 +103,9 @@ def build_status(
     else:
         ready = cond("Ready", False, "RollingOut" if rolling else "NotReady", assessed.summary)
 
-    if rolling:
+    if analyzing:
+        progressing = cond("Progressing", True, "Analyzing", decision.message)
+    elif rolling:
         progressing = cond("Progressing", True, "RollingOut", f"Rolling out: {assessed.summary}")
     elif bad and not rolled_back:
         progressing = cond("Progressing", False, decision.reason, decision.message)
@@ -136,8 +141,8 @@ def build_status(
         cond(
             "Reconciling",
             reconciling,
-            "RollingOut" if reconciling else "Reconciled",
-            assessed.summary if reconciling else "",
+            ("Analyzing" if analyzing else "RollingOut") if reconciling else "Reconciled",
+            (decision.message if analyzing else assessed.summary) if reconciling else "",
         )
     )
     conds.append(

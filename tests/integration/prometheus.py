@@ -157,14 +157,19 @@ class Prometheus:
             ],
         }
 
-    def start(self, timeout: float = 60.0) -> Prometheus:
-        """Start and wait until /-/ready answers; retries if the port was taken."""
+    def start(self, timeout: float = 60.0, *, port: int | None = None) -> Prometheus:
+        """Start and wait until /-/ready answers; retries if the port was taken.
+
+        ``port`` listens there instead of on a free port: with ``stop(keep_workdir=True)``
+        first, the same server comes back at the same URL with the samples it had, as
+        Prometheus does when its pod restarts (see ``restart``)."""
         exe = binary("prometheus", "PROMETHEUS")
+        self.workdir.mkdir(parents=True, exist_ok=True)  # gone after a plain stop()
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         last_error = ""
         for _attempt in range(3):
-            self.port = _free_port()
+            self.port = port or _free_port()
             self._log = self.log_path.open("ab")
             self._proc = subprocess.Popen(
                 [
@@ -229,11 +234,21 @@ class Prometheus:
             self._log.close()
             self._log = None
 
-    def stop(self) -> None:
-        """Stop the process and remove the temporary directory; safe to call twice."""
+    def stop(self, *, keep_workdir: bool = False) -> None:
+        """Stop the process and remove the temporary directory; safe to call twice.
+
+        ``keep_workdir`` keeps the config and TSDB for a later ``start(port=self.port)``
+        (a test of what happens while Prometheus is down); the final ``stop()``, e.g. the
+        context manager's, removes them."""
         self._terminate()
-        if self._own_workdir:
+        if self._own_workdir and not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, timeout: float = 60.0) -> Prometheus:
+        """Stop (if running) and start again on the same port with the same data."""
+        port = self.port or None
+        self.stop(keep_workdir=True)
+        return self.start(timeout, port=port)
 
     def __enter__(self) -> Prometheus:
         return self.start()

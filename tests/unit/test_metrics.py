@@ -392,6 +392,30 @@ def test_kube_requests_are_counted_with_bounded_labels(m: OperatorMetrics) -> No
             assert lab["code"] == "error" or lab["code"].isdigit()
 
 
+def test_analysis_results_by_outcome_and_forgotten_with_the_microservice(
+    m: OperatorMetrics,
+) -> None:
+    m.analysis_result("ns", "shop", "errors", "primary", "Inconclusive", None)
+    m.analysis_result("ns", "shop", "errors", "primary", "Failed", 0.2)
+    m.analysis_result("ns", "shop", "errors", "primary", "Failed", 0.3)
+    labels = {"namespace": "ns", "name": "shop", "check": "errors", "track": "primary"}
+
+    def results(outcome: str) -> float | None:
+        return value(m, "mso_analysis_results_total", **labels, outcome=outcome)
+
+    # Every outcome exists from the first result: increase() sees the first failure.
+    assert (results("Passed"), results("Failed"), results("Inconclusive")) == (0, 2, 1)
+    assert value(m, "mso_analysis_outcome", **labels, outcome="Failed") == 1
+    assert value(m, "mso_analysis_outcome", **labels, outcome="Inconclusive") == 0
+    assert value(m, "mso_analysis_value", **labels) == 0.3
+    m.analysis_result("ns", "shop", "errors", "primary", "Inconclusive", None)
+    assert value(m, "mso_analysis_value", **labels) is None  # no stale value
+    with pytest.raises(ValueError, match="outcome"):
+        m.analysis_result("ns", "shop", "errors", "primary", "Maybe", None)
+    m.forget("ns", "shop")
+    assert not [n for n, _ in samples(m) if n.startswith("mso_analysis_")]
+
+
 def test_build_info(m: OperatorMetrics) -> None:
     infos = [(n, dict(labels)) for n, labels in samples(m) if n == "mso_build_info"]
     assert len(infos) == 1
@@ -427,6 +451,9 @@ def test_exposition_holds_only_documented_families(m: OperatorMetrics) -> None:
         "mso_reconciles_skipped",
         "mso_kube_requests",
         "mso_build_info",
+        "mso_analysis_results",
+        "mso_analysis_outcome",
+        "mso_analysis_value",
     }
     assert all(f.startswith(("mso_", "process_", "python_")) for f in families), families
     # No per-series *_created gauges: they would double the series of every counter.

@@ -1,0 +1,249 @@
+"""Service-level analysis (pure): PromQL templates, outcomes, counters and verdicts.
+
+``spec.failover.analysis`` holds checks: a PromQL template, a threshold and a direction,
+an interval and a failure limit. The :mod:`analyzer` runs the queries (the only I/O);
+this module decides what a result means, so every rule is a table-driven unit test:
+
+- ``render_query`` fills the placeholders of one check for one track and revision.
+- ``measure`` reads Prometheus's answer: one number, or why there is none. No data is
+  *inconclusive*, never a failure by default: an unreachable Prometheus, a query error,
+  an empty result, more than one series or NaN (0/0, no traffic) say nothing about the
+  release, and a failover tool must not roll back because its monitoring broke.
+- ``judge`` compares the number with the threshold; ``advance`` keeps the counters of
+  consecutive failures and passes per check, track and revision.
+- ``verdict`` sums the checks of one revision up for the decisions in :mod:`failover`:
+  ``failed`` (a check reached failureLimit: roll back), ``failing`` (a check's last
+  result failed: a proven primary is sick), ``proven`` (every check passed successLimit
+  times in a row) or none of these (still analysing, or inconclusive).
+
+The counters live in the running operator only. A restarted operator counts afresh,
+which can delay a rollback by up to failureLimit intervals but never hasten one:
+status, which anyone may write, is a report here, never evidence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from .api import Analysis, AnalysisCheck, AnalysisResult
+from .health import format_time
+
+Outcome = Literal["Passed", "Failed", "Inconclusive"]
+OUTCOMES: tuple[Outcome, ...] = ("Passed", "Failed", "Inconclusive")
+
+_PLACEHOLDER = re.compile(r"\{\{ *([a-z]+) *\}\}")
+
+
+def render_query(
+    check: AnalysisCheck, *, namespace: str, name: str, track: str, revision: str
+) -> str:
+    """The check's query for one track and revision of a MicroService."""
+    values = {
+        "namespace": namespace,
+        "name": name,
+        "track": track,
+        "revision": revision,
+        "interval": f"{check.interval_seconds}s",
+    }
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), check.query)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One query's answer: a value, or why there is none (``problem``)."""
+
+    value: float | None
+    problem: str = ""
+
+
+def measure(body: Any) -> Measurement:
+    """Read a Prometheus ``/api/v1/query`` answer (the parsed JSON)."""
+    if not isinstance(body, Mapping):
+        return Measurement(None, "Prometheus answered with something that is not JSON")
+    if body.get("status") != "success":
+        error = str(body.get("error") or "unknown error")
+        return Measurement(None, f"query failed: {body.get('errorType', 'error')}: {error}")
+    data = body.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
+        raw = result[1]
+    elif kind == "vector" and isinstance(result, list):
+        if not result:
+            return Measurement(None, "no data (empty result)")
+        if len(result) > 1:
+            return Measurement(
+                None, f"{len(result)} series; the query must yield one (aggregate with sum or max)"
+            )
+        sample = result[0] if isinstance(result[0], Mapping) else {}
+        value = sample.get("value")
+        raw = value[1] if isinstance(value, list) and len(value) == 2 else None
+    else:
+        return Measurement(None, f"a {kind} result; the query must yield one number")
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        return Measurement(None, f"not a number: {raw!r}")
+    if math.isnan(number):
+        return Measurement(None, "no data (NaN, e.g. no requests in the window)")
+    return Measurement(number)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def judge(check: AnalysisCheck, m: Measurement) -> tuple[Outcome, str]:
+    """Outcome and message of one measurement."""
+    if m.value is None:
+        return "Inconclusive", m.problem
+    above = m.value > check.threshold
+    below = m.value < check.threshold
+    bad = above if check.fail_when == "Above" else below
+    limit = _fmt(check.threshold)
+    if bad:
+        side = "above" if check.fail_when == "Above" else "below"
+        return "Failed", f"{check.name} = {_fmt(m.value)}, {side} the threshold {limit}"
+    side = "at most" if check.fail_when == "Above" else "at least"
+    return "Passed", f"{check.name} {side} {limit}"
+
+
+@dataclass(frozen=True)
+class CheckState:
+    """What one check has said about one track and revision, and since when."""
+
+    check: str
+    track: str
+    revision: str
+    outcome: Outcome
+    since: datetime
+    message: str
+    failures: int = 0  # consecutive results counted as failures, capped at failureLimit
+    passes: int = 0  # consecutive passes, capped at successLimit
+    value: float | None = None  # the last value (for metrics; not part of the report)
+
+    def report(self) -> AnalysisResult:
+        """What status shows: stable while the outcome holds (the value is in metrics)."""
+        return AnalysisResult(
+            check=self.check,
+            track=self.track,
+            revision=self.revision,
+            outcome=self.outcome,
+            consecutive_failures=self.failures,
+            since=format_time(self.since),
+            message=self.message,
+        )
+
+    def view(self) -> tuple[Any, ...]:
+        """Everything a decision or the report reads: a new view is worth a reconcile."""
+        return (
+            self.check,
+            self.track,
+            self.revision,
+            self.outcome,
+            self.since,
+            self.message,
+            self.failures,
+            self.passes,
+        )
+
+
+def counts_as_failure(outcome: Outcome, analysis: Analysis) -> bool:
+    return outcome == "Failed" or (outcome == "Inconclusive" and analysis.inconclusive_is_failure)
+
+
+def advance(
+    prev: CheckState | None,
+    check: AnalysisCheck,
+    analysis: Analysis,
+    *,
+    track: str,
+    revision: str,
+    measurement: Measurement,
+    now: datetime,
+) -> CheckState:
+    """The state after one more measurement of ``check`` for ``track``/``revision``."""
+    outcome, message = judge(check, measurement)
+    failed = counts_as_failure(outcome, analysis)
+    if prev is None or (prev.check, prev.track, prev.revision) != (check.name, track, revision):
+        prev = None
+    failures = min(check.failure_limit, (prev.failures if prev else 0) + 1) if failed else 0
+    passes = (
+        min(check.success_limit, (prev.passes if prev else 0) + 1) if outcome == "Passed" else 0
+    )
+    since = prev.since if prev is not None and prev.outcome == outcome else now
+    state = CheckState(
+        check=check.name,
+        track=track,
+        revision=revision,
+        outcome=outcome,
+        since=since,
+        message=message,
+        failures=failures,
+        passes=passes,
+        value=measurement.value,
+    )
+    if failed and outcome == "Failed":
+        limit = f"{failures}/{check.failure_limit} in a row"
+        state = replace(state, message=f"{message} ({limit})")
+    elif failed:
+        state = replace(state, message=f"{message} (counted as a failure, {failures} in a row)")
+    return state
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The checks of one track and revision, summed up."""
+
+    failed: CheckState | None  # reached its failureLimit: the revision is bad
+    failing: CheckState | None  # its last result counts as a failure: the primary is sick
+    proven: bool  # every check passed successLimit times in a row
+    inconclusive: tuple[CheckState, ...]
+    waiting: tuple[str, ...]  # checks with no result yet
+
+    @property
+    def summary(self) -> str:
+        """One line for conditions and Events."""
+        if self.failed is not None:
+            return self.failed.message
+        if self.failing is not None:
+            return self.failing.message
+        if self.inconclusive:
+            first = self.inconclusive[0]
+            return f"analysis inconclusive: {first.check}: {first.message}"
+        if self.waiting:
+            return f"analysis running: waiting for {', '.join(self.waiting)}"
+        if self.proven:
+            return "analysis passed"
+        return "analysis running: not yet passed often enough in a row"
+
+
+def verdict(
+    analysis: Analysis, states: Iterable[CheckState], *, track: str, revision: str
+) -> Verdict:
+    """Sum up the checks of ``analysis`` for one track and revision."""
+    mine = {s.check: s for s in states if s.track == track and s.revision == revision}
+    failed = failing = None
+    inconclusive: list[CheckState] = []
+    waiting: list[str] = []
+    proven = True
+    for check in analysis.checks:
+        s = mine.get(check.name)
+        if s is None:
+            waiting.append(check.name)
+            proven = False
+            continue
+        if s.failures >= check.failure_limit and failed is None:
+            failed = s
+        if s.failures > 0 and failing is None:
+            failing = s
+        if s.outcome == "Inconclusive":
+            inconclusive.append(s)
+        if s.passes < check.success_limit:
+            proven = False
+    return Verdict(failed, failing, proven, tuple(inconclusive), tuple(waiting))
