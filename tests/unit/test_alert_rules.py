@@ -204,6 +204,7 @@ def exported_sample_names() -> set[str]:
         active_track="primary",
     )
     m.kube_request("get", "pods", 200)
+    m.analysis_result("shop", "cart", "error-ratio", "primary", "Passed", 0.01)
     return {s.name for f in text_string_to_metric_families(m.render().decode()) for s in f.samples}
 
 
