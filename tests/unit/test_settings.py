@@ -80,3 +80,14 @@ def test_namespace_and_namespace_selector_exclude_each_other() -> None:
 def test_a_namespace_selector_that_is_no_label_selector_fails_at_start(selector: str) -> None:
     with pytest.raises(SystemExit, match="is not a label selector"):
         settings.parse(["--namespace-selector", selector], env={})
+
+
+def test_prometheus_url_from_flag_or_environment_and_validated() -> None:
+    assert settings.parse([], env={}).prometheus_url == ""
+    s = settings.parse(["--prometheus-url", "http://prom.monitoring:9090/"], env={})
+    assert s.prometheus_url == "http://prom.monitoring:9090"  # no trailing slash
+    s = settings.parse([], env={"MSO_PROMETHEUS_URL": "https://thanos.example/prometheus"})
+    assert s.prometheus_url == "https://thanos.example/prometheus"
+    for bad in ("prom:9090", "ftp://prom", "http://prom:9090/?q=1", "http:// prom"):
+        with pytest.raises(SystemExit, match="--prometheus-url"):
+            settings.parse(["--prometheus-url", bad], env={})
