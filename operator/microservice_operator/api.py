@@ -520,6 +520,60 @@ class Availability(Model):
     )
 
 
+class CanaryStep(Model):
+    """One step of a canary: how many pods of the new revision run next to the stable
+    ones, and for how long their checks must keep passing before the next step."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.replicas) != has(self.percent)",
+                    "strategy.canary.steps[]: set exactly one of replicas or percent",
+                )
+            ]
+        }
+    )
+
+    replicas: int | None = Field(
+        None, ge=1, le=MAX_REPLICAS, description="Canary pods in this step, e.g. 1."
+    )
+    percent: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Canary pods in this step as a percentage of the primary's desired "
+        "replicas, rounded up (at least 1). The stable pods keep their full count, so the "
+        "canary's share of the traffic is roughly canary / (stable + canary).",
+    )
+    pause_seconds: int = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="Seconds the step lasts once all its canary pods are ready (and its "
+        "checks pass) before the next step; the last step's pause ends in the promotion.",
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> CanaryStep:
+        if (self.replicas is None) == (self.percent is None):
+            raise ValueError("strategy.canary.steps[]: set exactly one of replicas or percent")
+        return self
+
+
+class Canary(Model):
+    """Canary releases without a mesh: a new revision first runs as a few extra pods
+    behind the same Service (traffic by replica share), advances step by step while
+    its pods are healthy and its analysis checks pass, and is promoted (rolled out on
+    the primary) after the last step; a failure removes the canary and quarantines the
+    revision. The first release of a MicroService (no last known good yet) rolls out
+    directly."""
+
+    steps: list[CanaryStep] = Field(
+        ..., min_length=1, max_length=20, description="The steps, in order."
+    )
+
+
 class Strategy(Model):
     """Rolling update parameters of the Deployment. maxSurge and maxUnavailable may not
     both be 0."""
@@ -544,6 +598,11 @@ class Strategy(Model):
     )
     max_unavailable: CountOrPercent = Field(
         "25%", description='Pods allowed to be unavailable during a rollout, e.g. 0 or "25%".'
+    )
+    canary: Canary | None = Field(
+        None,
+        description="Release new revisions as a canary first (see Canary); none when unset. "
+        "The rolling update parameters above apply to the promotion.",
     )
 
     @model_validator(mode="after")
@@ -1128,6 +1187,28 @@ class FailoverState(Model):
     remediations: list[str] | None = Field(
         None, description="Times of recent pod remediations (RFC 3339), for the budget."
     )
+    canary_revision: str | None = Field(
+        None, description="Revision the canary steps below are about."
+    )
+    canary_step: int | None = Field(
+        None,
+        description="Index of the canary's current step (0 = the first); the number of "
+        "steps once promoted.",
+    )
+    canary_step_since: str | None = Field(
+        None, description="When the current canary step began (RFC 3339)."
+    )
+
+
+class CanaryStatus(Model):
+    """Where a canary release stands (report only; the state is in failoverState)."""
+
+    revision: str = Field(..., description="Revision released as a canary.")
+    step: str = Field(..., description='Current step of all, e.g. "2/3".')
+    replicas: int = Field(..., description="Canary pods wanted in this step.")
+    ready_replicas: int = Field(0, description="Canary pods ready.")
+    since: str = Field(..., description="When this step began (RFC 3339).")
+    message: str = Field("", description="What the canary waits for.")
 
 
 class AnalysisResult(Model):
@@ -1197,6 +1278,9 @@ class MicroServiceStatus(Model):
     last_failover: FailoverEvent | None = Field(None, description="The last traffic switch.")
     failover_state: FailoverState | None = Field(
         None, description="Internal timers of the failover logic."
+    )
+    canary: CanaryStatus | None = Field(
+        None, description="The canary release in progress (spec.strategy.canary); none when none."
     )
     analysis: list[AnalysisResult] | None = Field(
         None,

@@ -89,6 +89,7 @@ def fingerprint(ms: dict[str, Any], observed: planning.Observed) -> tuple[Any, .
     children = (
         observed.deployment,
         observed.standby,
+        observed.canary,
         observed.service,
         observed.hpa,
         observed.pdb,

@@ -230,6 +230,12 @@ def render_crd() -> JSON:
                         _column("Image", "string", ".spec.image", "Container image."),
                         _column("Phase", "string", ".status.phase", "One-word summary."),
                         _column("Track", "string", ".status.activeTrack", "Track serving."),
+                        _column(
+                            "Canary",
+                            "string",
+                            ".status.canary.step",
+                            "Step of a canary release in progress, e.g. 2/3.",
+                        ),
                         _column("Age", "date", ".metadata.creationTimestamp", None),
                     ],
                 }

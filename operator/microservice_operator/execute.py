@@ -73,6 +73,7 @@ def _observation(
     return planning.Observed(
         deployment=mine(DEPLOYMENTS, name),
         standby=mine(DEPLOYMENTS, f"{name}-standby"),
+        canary=mine(DEPLOYMENTS, f"{name}-canary"),
         service=mine(SERVICES, name),
         hpa=mine(HPAS, name),
         pdb=mine(PDBS, name),
@@ -222,6 +223,7 @@ class Executor:
                 healthy_ratio=g.healthy_ratio,
                 ready_flag=g.ready_flag,
                 active_track=g.active_track,
+                canary_step=g.canary_step,
             )
         # After observe(): the first observe creates the counters at 0, so the very
         # first rollback is an increase that alerts can see.

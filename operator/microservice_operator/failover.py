@@ -22,7 +22,16 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .analysis import Verdict
-from .api import Failover, FailoverEvent, FailoverState, QuarantineRecord, RevisionRecord, Track
+from .api import (
+    Canary,
+    CanaryStep,
+    Failover,
+    FailoverEvent,
+    FailoverState,
+    QuarantineRecord,
+    RevisionRecord,
+    Track,
+)
 from .health import Health, PodObservation, format_precise
 from .health import format_time as format_time  # noqa: PLC0414
 from .health import parse_time as parse_time  # noqa: PLC0414
@@ -458,3 +467,77 @@ def _age(stamp: str, now: datetime) -> timedelta:
     """How long ago ``stamp`` was; unparsable stamps are infinitely old (pruned)."""
     t = parse_time(stamp)
     return timedelta.max if t is None else now - t
+
+
+# --------------------------------------------------------------------------- canary
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    """Where a canary release stands after this reconcile.
+
+    ``step`` is the index of the current step (``len(steps)``: promoted, the primary
+    rolls the revision out); ``replicas`` the canary pods it wants (None once
+    promoted); ``advanced`` whether this reconcile moved it on; ``next_check_after``
+    the seconds until the pause alone would move it on.
+    """
+
+    step: int
+    since: datetime
+    replicas: int | None
+    advanced: bool
+    promoted: bool
+    message: str
+    next_check_after: float | None
+
+
+def canary_replicas(step: CanaryStep, desired: int) -> int:
+    """Pods of one step: its count, or its percentage of ``desired`` rounded up, >= 1."""
+    if step.replicas is not None:
+        return step.replicas
+    return max(1, math.ceil(desired * (step.percent or 0) / 100 - 1e-9))
+
+
+def decide_canary(
+    *,
+    canary: Canary,
+    step: int,
+    since: datetime,
+    health: Health,
+    analysis: Verdict | None,
+    desired: int,
+    now: datetime,
+) -> CanaryDecision:
+    """Advance a canary release whose revision is neither bad nor proven yet.
+
+    A step moves on once all its canary pods are ready (``health`` of the canary
+    Deployment at this step's size), every analysis check passed in a row as often as
+    its successLimit asks, and its pauseSeconds have passed since then began; at most
+    one step per reconcile. Failing checks or pods never advance it: the rollback
+    decision (``decide_rollback`` on the same evidence) removes a bad canary. After the
+    last step the revision is promoted.
+    """
+    steps = canary.steps
+    if step >= len(steps):
+        n = len(steps)
+        return CanaryDecision(n, since, None, False, True, "promoted", None)
+    current = steps[step]
+    size = canary_replicas(current, desired)
+    where = f"step {step + 1}/{len(steps)}, {size} canary pod{'s' if size != 1 else ''}"
+    ready = health.fully_healthy and health.ready >= size
+    if not ready:
+        msg = f"{where}: waiting for the canary pods ({health.summary})"
+        return CanaryDecision(step, since, size, False, False, msg, None)
+    if analysis is not None and not analysis.proven:
+        msg = f"{where}: {analysis.summary}"
+        return CanaryDecision(step, since, size, False, False, msg, None)
+    left = current.pause_seconds - (now - since).total_seconds()
+    if left > 0:
+        msg = f"{where}: healthy; next step in {left:.0f}s"
+        return CanaryDecision(step, since, size, False, False, msg, left)
+    nxt = step + 1
+    if nxt >= len(steps):
+        return CanaryDecision(nxt, now, None, True, True, f"{where}: promoted", None)
+    size = canary_replicas(steps[nxt], desired)
+    msg = f"step {nxt + 1}/{len(steps)}, {size} canary pod{'s' if size != 1 else ''}: started"
+    return CanaryDecision(nxt, now, size, True, False, msg, None)

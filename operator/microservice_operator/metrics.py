@@ -413,6 +413,13 @@ class OperatorMetrics:
             ["verb", "resource", "code"],
             registry=reg,
         )
+        self.canary_step = Gauge(
+            "mso_canary_step",
+            "Step (1 = the first) of the canary release in progress (spec.strategy.canary); "
+            "0 when none.",
+            ms,
+            registry=reg,
+        )
         check = (*ms, "check", "track")
         self.analysis_results = Counter(
             "mso_analysis_results",
@@ -448,6 +455,7 @@ class OperatorMetrics:
             (self.failovers, (*ms, "reason")),
             (self.rollbacks, (*ms, "reason")),
             (self.pod_remediations, ms),
+            (self.canary_step, ms),
             *self._analysis_metrics(),
         )
         for reason in RECONCILE_ERROR_REASONS:
@@ -480,6 +488,7 @@ class OperatorMetrics:
         healthy_ratio: float,
         ready_flag: bool,
         active_track: str,
+        canary_step: int = 0,
     ) -> None:
         """Record the latest observed state of a MicroService (None counts as 0, as the
         Deployment status omits zero fields)."""
@@ -502,6 +511,7 @@ class OperatorMetrics:
                 self.active_track.labels(namespace, name, track).set(
                     1 if track == active_track else 0
                 )
+            self.canary_step.labels(namespace, name).set(canary_step)
 
     def failover(self, namespace: str, name: str, reason: str) -> None:
         """Count a traffic switch; unknown reasons count as "Other"."""

@@ -27,7 +27,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import analysis, conditions, failover, health, history, render
-from .api import Analysis, FailoverState, MicroServiceSpec, MicroServiceStatus, RevisionRef
+from .api import (
+    Analysis,
+    CanaryStatus,
+    FailoverState,
+    MicroServiceSpec,
+    MicroServiceStatus,
+    RevisionRef,
+)
 from .diff import (
     controlled_by,
     extract,
@@ -62,6 +69,7 @@ class Observed:
 
     deployment: dict[str, Any] | None = None
     standby: dict[str, Any] | None = None
+    canary: dict[str, Any] | None = None
     service: dict[str, Any] | None = None
     hpa: dict[str, Any] | None = None
     pdb: dict[str, Any] | None = None
@@ -77,6 +85,7 @@ class Observed:
         for obj in (
             self.deployment,
             self.standby,
+            self.canary,
             self.service,
             self.hpa,
             self.pdb,
@@ -114,6 +123,7 @@ class Gauges:
     healthy_ratio: float
     ready_flag: bool
     active_track: str
+    canary_step: int = 0  # 1-based step of a canary release in progress; 0: none
 
 
 @dataclass
@@ -183,6 +193,11 @@ def rfc3339(now: datetime) -> str:
 def track_of(obj: dict[str, Any]) -> str:
     """The track (primary/standby) a pod belongs to, from its label."""
     return str((obj.get("metadata", {}).get("labels") or {}).get(TRACK_LABEL, "primary"))
+
+
+def is_canary(obj: dict[str, Any]) -> bool:
+    """Whether a pod belongs to a canary release (it also carries track primary)."""
+    return (obj.get("metadata", {}).get("labels") or {}).get(render.CANARY_LABEL) == "true"
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -347,7 +362,11 @@ class _Reconcile:
 
     @property
     def primary_pods(self) -> list[dict[str, Any]]:
-        return [p for p in self.observed.pods if track_of(p) == "primary"]
+        return [p for p in self.observed.pods if track_of(p) == "primary" and not is_canary(p)]
+
+    @property
+    def canary_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.observed.pods if is_canary(p)]
 
 
 @dataclass(frozen=True)
@@ -362,6 +381,8 @@ class _Revision:
     assessed: health.Health
     pods: list[health.PodObservation]
     revision_since: datetime | None = None  # when the judged revision was asked for
+    canary: failover.CanaryDecision | None = None  # a canary release held at a step
+    canary_health: health.Health | None = None
 
 
 def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool = True) -> Plan:
@@ -590,25 +611,57 @@ def _revision_phase(r: _Reconcile) -> _Revision:
             fo.analysis, r.observed.analysis, track=render.PRIMARY, revision=desired_revision
         )
         r.rollout_verdict = checks
+    canary = _canary_phase(r, desired_revision, target, checks)
     decision = failover.decide_rollback(
         desired_revision=desired_revision,
         desired_image=spec.image,
         desired_spec=spec.dump(),
         generation=r.generation,
-        health=assessed,
+        health=canary[1] if canary is not None else assessed,
         last_known_good=records.last_known_good,
         quarantined=records.quarantine,
         failover=fo,
         now=r.now,
         analysis=checks,
     )
+    held: failover.CanaryDecision | None = None
+    good = records.last_known_good
+    fine = decision.action in ("record_good", "apply_desired")
+    if canary is not None and good is not None and fine:
+        held = _canary_step(r, desired_revision, canary[0], canary[1], checks)
+        if held is not None:
+            # The stable pods keep running the last known good; the canary's own
+            # Deployment runs the new revision at this step's size.
+            decision = dataclasses.replace(
+                decision,
+                action="apply_desired",
+                revision=good.revision,
+                render_from=good,
+                last_known_good=good,
+                reason="Canary",
+                message=f"Revision {desired_revision} ({spec.image}) is a canary: {held.message}.",
+            )
+        else:  # promoted just now: the primary rolls it out, judged as usual
+            decision = failover.decide_rollback(
+                desired_revision=desired_revision,
+                desired_image=spec.image,
+                desired_spec=spec.dump(),
+                generation=r.generation,
+                health=assessed,
+                last_known_good=good,
+                quarantined=records.quarantine,
+                failover=fo,
+                now=r.now,
+                analysis=checks,
+            )
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
-    if rolled_back and decision.render_from is not None:
+    if (rolled_back or held is not None) and decision.render_from is not None:
         try:
             source_spec = MicroServiceSpec.model_validate(decision.render_from.spec)
         except ValidationError:  # a record we can no longer read: do not roll back to it
             rolled_back = False
+            held = None
     prev_good = records.last_known_good
     if decision.action == "rollback" and rolled_back:
         result.events.append(EventSpec("Warning", "RolledBack", decision.message))
@@ -652,7 +705,94 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         assessed=assessed,
         pods=pod_obs,
         revision_since=revision_since,
+        canary=held,
+        canary_health=canary[1] if canary is not None and held is not None else None,
     )
+
+
+def _canary_phase(
+    r: _Reconcile, desired: str, target: str, checks: analysis.Verdict | None
+) -> tuple[int, health.Health] | None:
+    """(step, health of the canary pods) while ``desired`` is released as a canary:
+    spec.strategy.canary is set, a last known good of another revision exists, the
+    revision is not quarantined and not yet promoted."""
+    canary = r.spec.strategy.canary if r.spec.strategy else None
+    good = r.records.last_known_good
+    state = r.state
+    if canary is None or good is None or good.revision == desired or target != desired:
+        if state.canary_revision is not None:  # over: proven, quarantined or withdrawn
+            r.state = state.model_copy(
+                update={"canary_revision": None, "canary_step": None, "canary_step_since": None}
+            )
+        return None
+    same = state.canary_revision == desired and state.canary_step is not None
+    step = state.canary_step if same and state.canary_step is not None else 0
+    if step >= len(canary.steps):
+        return None  # promoted: the primary rolls it out
+    since = (_parse_time(state.canary_step_since) if same else None) or r.now
+    r.state = state.model_copy(
+        update={
+            "canary_revision": desired,
+            "canary_step": step,
+            "canary_step_since": health.format_precise(since),
+        }
+    )
+    # Judged like a release, on its own pods, with a deadline per step.
+    assessed = health.assess(
+        health.observe_deployment(r.observed.canary),
+        health.observe_pods(r.canary_pods),
+        r.spec.failover,
+        r.now,
+        revision=desired,
+        revision_since=since,
+    )
+    return step, assessed
+
+
+def _canary_step(
+    r: _Reconcile,
+    desired: str,
+    step: int,
+    assessed: health.Health,
+    checks: analysis.Verdict | None,
+) -> failover.CanaryDecision | None:
+    """Advance the canary; None once promoted (in this reconcile)."""
+    canary = r.spec.strategy.canary if r.spec.strategy else None
+    assert canary is not None
+    since = _parse_time(r.state.canary_step_since) or r.now
+    needed = render.desired_replicas(r.spec, _live_replicas(r.observed.deployment))
+    if needed is None:  # autoscaled: a share of what the HPA runs now
+        needed = _live_replicas(r.observed.deployment) or 1
+    decided = failover.decide_canary(
+        canary=canary,
+        step=step,
+        since=since,
+        health=assessed,
+        analysis=checks,
+        desired=needed,
+        now=r.now,
+    )
+    r.state = r.state.model_copy(
+        update={
+            "canary_step": decided.step,
+            "canary_step_since": health.format_precise(decided.since),
+        }
+    )
+    steps = len(canary.steps)
+    if decided.promoted:
+        r.result.events.append(
+            EventSpec(
+                "Normal",
+                "CanaryPromoted",
+                f"Revision {desired} passed all {steps} canary steps; rolling it out",
+            )
+        )
+        return None
+    if decided.advanced:
+        r.result.events.append(
+            EventSpec("Normal", "CanaryStep", f"Revision {desired}: {decided.message}")
+        )
+    return decided
 
 
 def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.TrackDecision, int]:
@@ -780,6 +920,7 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
         primary_replicas=render.desired_replicas(spec, _live_replicas(r.observed.deployment)),
         standby_replicas=r.standby_replicas if spec.failover.standby else None,
         draining_standby=draining,
+        canary_replicas=rev.canary.replicas if rev.canary is not None else None,
     )
     for key in ("deployment", "standby"):
         manifest, live = children.get(key), r.observed.child(key)
@@ -840,6 +981,22 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
         result.events.append(EventSpec("Warning", "RolledBack", decision.message))
         result.rollbacks.append(decision.reason)
         result.destructive.append(f"rollback to {decision.revision}")
+
+
+def _canary_status(r: _Reconcile, rev: _Revision) -> CanaryStatus | None:
+    """status.canary while a canary release is held at a step."""
+    canary = r.spec.strategy.canary if r.spec.strategy else None
+    held = rev.canary
+    if held is None or held.replicas is None or canary is None:
+        return None
+    return CanaryStatus(
+        revision=rev.desired,
+        step=f"{held.step + 1}/{len(canary.steps)}",
+        replicas=held.replicas,
+        ready_replicas=rev.canary_health.ready if rev.canary_health is not None else 0,
+        since=rfc3339(held.since),
+        message=held.message,
+    )
 
 
 def _analysis_status(
@@ -1014,8 +1171,13 @@ def _status_phase(
             "failover_state": state
             if standby_configured or state.remediations
             else FailoverState(
-                revision_since=state.revision_since, attempt_since=state.attempt_since
+                revision_since=state.revision_since,
+                attempt_since=state.attempt_since,
+                canary_revision=state.canary_revision,
+                canary_step=state.canary_step,
+                canary_step_since=state.canary_step_since,
             ),
+            "canary": _canary_status(r, rev),
         }
     )
     status = _analysis_status(r, rev, status)
@@ -1044,8 +1206,11 @@ def _status_phase(
         healthy_ratio=assessed.ratio,
         ready_flag=conditions.is_true(status.conditions, "Ready"),
         active_track=track.active_track,
+        canary_step=rev.canary.step + 1 if rev.canary is not None else 0,
     )
     waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
+    if rev.canary is not None and rev.canary.next_check_after is not None:
+        waits.append(max(0.5, rev.canary.next_check_after + 0.05))  # the pause ends
     if (
         not assessed.fully_healthy
         and assessed.deadline_at is not None

@@ -41,7 +41,7 @@ from microservice_operator.api import MicroServiceSpec, Probe, Standby, Track
 
 Manifest = dict[str, Any]
 
-ChildKey = Literal["deployment", "standby", "service", "hpa", "pdb", "standby-pdb"]
+ChildKey = Literal["deployment", "standby", "canary", "service", "hpa", "pdb", "standby-pdb"]
 
 PRIMARY: Track = "primary"
 STANDBY: Track = "standby"
@@ -52,6 +52,9 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TRACK_LABEL = f"{api.GROUP}/track"
 REVISION_ANNOTATION = f"{api.GROUP}/revision"
 REVISION_LABEL = REVISION_ANNOTATION
+CANARY_LABEL = f"{api.GROUP}/canary"
+"""On the pods of a canary release, which also carry track primary: the Service selects
+them with the stable pods (traffic by replica share), the canary Deployment by this."""
 TEMPLATE_HASH_ANNOTATION = f"{api.GROUP}/template-hash"
 REVISION_SCHEME = "intent-v1"
 """Bumped only if the normalisation of the intent ever has to change (it must not)."""
@@ -66,6 +69,7 @@ CHILD_KINDS: dict[ChildKey, tuple[str, str]] = {
     "hpa": ("autoscaling/v2", "HorizontalPodAutoscaler"),
     "pdb": ("policy/v1", "PodDisruptionBudget"),
     "standby-pdb": ("policy/v1", "PodDisruptionBudget"),
+    "canary": ("apps/v1", "Deployment"),
 }
 """apiVersion and kind of each child key, so a caller can delete a child rendered as None."""
 
@@ -122,7 +126,10 @@ def selector_string(name: str, track: Track = PRIMARY) -> str:
 
 
 def child_name(name: str, key: ChildKey) -> str:
-    """Name of a child: the MicroService's own, except ``<name>-standby``."""
+    """Name of a child: the MicroService's own, except ``<name>-standby`` and
+    ``<name>-canary``."""
+    if key == "canary":
+        return f"{name}-canary"
     return f"{name}-standby" if key in ("standby", "standby-pdb") else name
 
 
@@ -410,6 +417,7 @@ def build_deployment(
     track: Track = PRIMARY,
     replicas: int | None,
     source_spec: MicroServiceSpec | None = None,
+    canary: bool = False,
 ) -> Manifest:
     """The Deployment of one track.
 
@@ -423,14 +431,23 @@ def build_deployment(
     template_spec = source_spec if source_spec is not None else spec
     placement = spec.failover.standby if track == STANDBY else None
     template = _template(template_spec, owner.name, track, placement, revision(template_spec))
+    selector = selector_labels(owner.name, track)
+    labels = {**common_labels(owner.name), TRACK_LABEL: track}
+    if canary:
+        # Track primary for the Service, and a label of its own for its Deployment
+        # (whose selector is then a superset of the primary's: the Deployment
+        # controller keeps each ReplicaSet's pods apart by ownerReference).
+        template["metadata"]["labels"][CANARY_LABEL] = "true"
+        selector = {**selector, CANARY_LABEL: "true"}
+        labels[CANARY_LABEL] = "true"
     fingerprint = template_hash(template_spec, owner.name, track, placement, template)
     strategy = spec.strategy or api.Strategy()
-    key: ChildKey = "standby" if track == STANDBY else "deployment"
+    key: ChildKey = "canary" if canary else "standby" if track == STANDBY else "deployment"
     body: Manifest = {}
     if replicas is not None:
         body["replicas"] = replicas
     body |= {
-        "selector": {"matchLabels": selector_labels(owner.name, track)},
+        "selector": {"matchLabels": selector},
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {
@@ -446,10 +463,7 @@ def build_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(
-            owner,
-            child_name(owner.name, key),
-            {**common_labels(owner.name), TRACK_LABEL: track},
-            {TEMPLATE_HASH_ANNOTATION: fingerprint},
+            owner, child_name(owner.name, key), labels, {TEMPLATE_HASH_ANNOTATION: fingerprint}
         ),
         "spec": body,
     }
@@ -598,6 +612,7 @@ def build_children(
     primary_replicas: int | None = None,
     standby_replicas: int | None = None,
     draining_standby: bool = False,
+    canary_replicas: int | None = None,
 ) -> dict[ChildKey, Manifest | None]:
     """Every child the MicroService should have, keyed by a stable child key.
 
@@ -612,7 +627,9 @@ def build_children(
     ``draining_standby``: the standby was removed from the spec while it carried
     traffic, and the Service (and the HPA) stay on it until the primary is healthy;
     the standby's own objects are then left out of the result (not rendered, not
-    deleted).
+    deleted). ``canary_replicas`` (a canary release in progress) adds the canary
+    Deployment, rendered from ``spec`` while the others render ``source_spec`` (the
+    last known good); None removes it.
     """
     standby = spec.failover.standby
     if standby is None and not draining_standby:
@@ -637,6 +654,9 @@ def build_children(
             else (standby.replicas if standby_replicas is None else standby_replicas),
             source_spec=source_spec,
         ),
+        "canary": None
+        if canary_replicas is None
+        else build_deployment(owner, spec, track=PRIMARY, replicas=canary_replicas, canary=True),
         "service": build_service(owner, spec, active_track=active_track),
         "hpa": build_hpa(owner, spec, active_track),
         "pdb": build_pdb(owner, spec),

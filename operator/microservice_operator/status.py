@@ -80,7 +80,7 @@ def build_status(
     serving = assessed.fully_healthy or (proven and assessed.healthy)
     # A rolled-out release whose analysis checks have not yet passed is still in
     # progress (kstatus: Reconciling), though its pods serve (Ready).
-    analyzing = decision.reason == "Analyzing"
+    analyzing = decision.reason in ("Analyzing", "Canary")
     rolling = dep is None or (not assessed.rolled_out and not bad) or analyzing
 
     def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
@@ -104,7 +104,7 @@ def build_status(
         ready = cond("Ready", False, "RollingOut" if rolling else "NotReady", assessed.summary)
 
     if analyzing:
-        progressing = cond("Progressing", True, "Analyzing", decision.message)
+        progressing = cond("Progressing", True, decision.reason, decision.message)
     elif rolling:
         progressing = cond("Progressing", True, "RollingOut", f"Rolling out: {assessed.summary}")
     elif bad and not rolled_back:
@@ -141,7 +141,7 @@ def build_status(
         cond(
             "Reconciling",
             reconciling,
-            ("Analyzing" if analyzing else "RollingOut") if reconciling else "Reconciled",
+            (decision.reason if analyzing else "RollingOut") if reconciling else "Reconciled",
             (decision.message if analyzing else assessed.summary) if reconciling else "",
         )
     )

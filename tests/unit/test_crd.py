@@ -124,6 +124,7 @@ def test_names_and_version() -> None:
         "Image": ("string", ".spec.image"),
         "Phase": ("string", ".status.phase"),
         "Track": ("string", ".status.activeTrack"),
+        "Canary": ("string", ".status.canary.step"),
         "Age": ("date", ".metadata.creationTimestamp"),
     }
 

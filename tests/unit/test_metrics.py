@@ -453,6 +453,7 @@ def test_exposition_holds_only_documented_families(m: OperatorMetrics) -> None:
         "mso_build_info",
         "mso_analysis_results",
         "mso_analysis_outcome",
+        "mso_canary_step",
         "mso_analysis_value",
     }
     assert all(f.startswith(("mso_", "process_", "python_")) for f in families), families

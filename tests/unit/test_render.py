@@ -86,7 +86,7 @@ def test_every_child_has_envelope_and_nothing_empty() -> None:
         availability={"maxUnavailable": 1},
         failover={"standby": {}},
     )
-    children = render.build_children(OWNER, spec)
+    children = render.build_children(OWNER, spec, canary_replicas=1)
     assert set(children) == set(render.CHILD_KINDS)
     for key, child in children.items():
         assert child is not None, key
