@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.integration.helpers import holds_for, wait_for
+from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess
 from tests.integration.prometheus import Prometheus
 from tests.integration.slo_exporter import SloExporter
@@ -316,3 +317,106 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
         if n == "mso_failovers_total"
     }
     assert failovers.get("AnalysisFailed") == 1
+
+
+CANARY = {"steps": [{"replicas": 1, "pauseSeconds": 3}, {"percent": 100, "pauseSeconds": 3}]}
+
+
+def with_canary(image: str) -> dict[str, Any]:
+    ms = web(image)
+    ms["spec"]["strategy"] = {"canary": CANARY}
+    return ms
+
+
+def test_a_good_canary_is_promoted_through_every_step(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    own_namespace: str,
+    exporter: SloExporter,
+    slo_operator: OperatorProcess,
+) -> None:
+    ns = own_namespace
+    apply_ms(kubeconfig, ns, with_canary("hello:1"))
+    v1 = desired_revision(kube_api, ns, "hello:1")
+    exporter.set(ns, "web", "primary", v1, rps=20, error_ratio=0.0, latency_seconds=0.02)
+    proven(kube_api, ns, v1)  # the first release has nothing to canary against
+    assert deployment(kube_api, ns, "web-canary") is None
+
+    apply_ms(kubeconfig, ns, with_canary("hello:2"))
+    v2 = desired_revision(kube_api, ns, "hello:2")
+    exporter.set(ns, "web", "primary", v2, rps=20, error_ratio=0.0, latency_seconds=0.02)
+    steps: dict[str, int] = {}  # step -> canary replicas seen
+    images: set[str] = set()
+
+    def promoted() -> bool:
+        ms = get_ms(kube_api, ns, "web")
+        canary = ms["status"].get("canary")
+        if canary:
+            steps[canary["step"]] = canary["replicas"]
+        dep = deployment(kube_api, ns, "web")
+        assert dep is not None
+        images.add(dep.spec.template.spec.containers[0].image)
+        return bool(ms["status"].get("lastKnownGoodRevision") == v2)
+
+    wait_for(
+        lambda: promoted() or "1/2" in steps, timeout=60, interval=0.2, message="canary step 1/2"
+    )
+    listed = kubectl_get_ms(kubeconfig, ns)
+    assert "CANARY" in listed and "1/2" in listed, listed
+    assert images == {"hello:1"}  # the stable pods keep the last known good meanwhile
+    wait_for(promoted, timeout=120, interval=0.2, message="v2 promoted and proven")
+    assert steps == {"1/2": 1, "2/2": 2}, steps
+    reasons = [e.reason for e in events_all(kube_api, ns)]
+    assert "CanaryStep" in reasons and "CanaryPromoted" in reasons
+    wait_for(
+        lambda: deployment(kube_api, ns, "web-canary") is None,
+        timeout=30,
+        message="canary Deployment removed",
+    )
+    dep = deployment(kube_api, ns, "web")
+    assert dep is not None and dep.spec.template.spec.containers[0].image == "hello:2"
+    ms = get_ms(kube_api, ns, "web")
+    assert ms["status"].get("canary") is None and cond(ms, "RolledBack") is None
+
+
+def test_a_canary_failing_its_checks_is_removed_and_quarantined(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    own_namespace: str,
+    exporter: SloExporter,
+    slo_operator: OperatorProcess,
+) -> None:
+    ns = own_namespace
+    apply_ms(kubeconfig, ns, with_canary("hello:1"))
+    v1 = desired_revision(kube_api, ns, "hello:1")
+    exporter.set(ns, "web", "primary", v1, rps=20, error_ratio=0.0, latency_seconds=0.02)
+    proven(kube_api, ns, v1)
+    apply_ms(kubeconfig, ns, with_canary("hello:2"))
+    v2 = desired_revision(kube_api, ns, "hello:2")
+    exporter.set(ns, "web", "primary", v2, rps=20, error_ratio=0.4, latency_seconds=0.02)
+    wait_for(
+        lambda: deployment(kube_api, ns, "web-canary") is not None,
+        timeout=30,
+        message="canary Deployment created",
+    )
+    ms = wait_condition(kube_api, ns, "web", "RolledBack", status="True", timeout=60)
+    q = ms["status"]["quarantine"]
+    assert (q["revision"], q["reason"]) == (v2, "AnalysisFailed"), q
+    assert ms["status"].get("canary") is None
+    assert (ms["status"]["failoverState"] or {}).get("canaryStep") is None
+    wait_for(
+        lambda: deployment(kube_api, ns, "web-canary") is None,
+        timeout=30,
+        message="canary removed",
+    )
+    dep = deployment(kube_api, ns, "web")
+    assert dep is not None and dep.spec.template.spec.containers[0].image == "hello:1"
+    assert dep.metadata.generation == 1  # the stable Deployment was never touched
+
+
+def kubectl_get_ms(kubeconfig: Path, ns: str) -> str:
+    return kubectl(kubeconfig, "get", "ms", "-n", ns)
+
+
+def events_all(api: client.ApiClient, ns: str) -> list[Any]:
+    return list(client.CoreV1Api(api).list_namespaced_event(ns).items)
