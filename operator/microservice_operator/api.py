@@ -550,8 +550,9 @@ class CanaryStep(Model):
         60,
         ge=0,
         le=86_400,
-        description="Seconds the step lasts once all its canary pods are ready (and its "
-        "checks pass) before the next step; the last step's pause ends in the promotion.",
+        description="Seconds the step lasts, from its start; it moves on only once all its "
+        "canary pods are ready and its checks pass. After the last step the revision is "
+        "promoted.",
     )
 
     @model_validator(mode="after")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from tests.unit.test_failover import GOOD, LATE, LKG1, SPEC2, V2, health
 from tests.unit.test_plan import converged, ms, with_history
@@ -340,3 +342,18 @@ def test_record_is_unaffected_by_analysis_when_lkg_is_the_desired_revision() -> 
     )
     assert d.action == "apply_desired" and d.reason == "RolloutComplete"
     assert LKG1.revision != V2
+
+
+def test_the_example_with_analysis_and_canary_is_valid() -> None:
+    """examples/hello/microservice-slo.yaml, which the README walks through."""
+    path = Path(__file__).resolve().parents[2] / "examples/hello/microservice-slo.yaml"
+    spec = MicroServiceSpec.model_validate(yaml.safe_load(path.read_text())["spec"])
+    assert spec.failover.analysis is not None and spec.strategy and spec.strategy.canary
+    q = analysis.render_query(
+        spec.failover.analysis.checks[0],
+        namespace="ns",
+        name="hello",
+        track="primary",
+        revision="r1",
+    )
+    assert 'revision="r1"' in q and "{{" not in q
