@@ -57,7 +57,7 @@ from typing import Any, TextIO
 from . import api, history
 from .health import parse_time
 from .plan import FAILBACK_ANNOTATION, PAUSED_ANNOTATION, RETRY_ANNOTATION
-from .render import INSTANCE_LABEL, REVISION_ANNOTATION, TRACK_LABEL, child_name
+from .render import CANARY_LABEL, INSTANCE_LABEL, REVISION_ANNOTATION, TRACK_LABEL, child_name
 
 Obj = dict[str, Any]
 
@@ -403,7 +403,9 @@ def _pod_row(pod: Obj, now: datetime) -> list[str]:
     phase = "Terminating" if meta.get("deletionTimestamp") else status.get("phase") or "-"
     return [
         meta.get("name", ""),
-        (meta.get("labels") or {}).get(TRACK_LABEL, "-"),
+        "canary"
+        if (meta.get("labels") or {}).get(CANARY_LABEL) == "true"
+        else (meta.get("labels") or {}).get(TRACK_LABEL, "-"),
         phase,
         f"{ready}/{len(containers)}",
         str(restarts),
@@ -543,6 +545,34 @@ def render_view(snap: Snapshot, now: datetime) -> str:
             lines.append(f"PDB    {_pdb_line(pdb)}")
     else:
         lines.append("PDB    none")
+
+    # A canary release in progress, and the analysis checks.
+    canary = status.get("canary")
+    if isinstance(canary, dict):
+        lines += [
+            "",
+            f"Canary step {canary.get('step', '?')}: revision {canary.get('revision', '?')}, "
+            f"{canary.get('readyReplicas', 0)}/{canary.get('replicas', '?')} ready, "
+            f"since {age(canary.get('since'), now)}: {_one_line(canary.get('message'))}",
+        ]
+    checks = status.get("analysis") or []
+    if checks:
+        lines += ["", "Analysis"]
+        rows = [["CHECK", "TRACK", "REVISION", "OUTCOME", "FAILURES", "SINCE", "MESSAGE"]]
+        rows += [
+            [
+                str(a.get("check", "")),
+                str(a.get("track", "")),
+                str(a.get("revision", "")),
+                str(a.get("outcome", "")),
+                str(a.get("consecutiveFailures", 0)),
+                age(a.get("since"), now),
+                _one_line(a.get("message")),
+            ]
+            for a in checks
+            if isinstance(a, dict)
+        ]
+        lines += _table(rows)
 
     # Conditions.
     lines += ["", "Conditions"]

@@ -587,3 +587,47 @@ current-context: with-ns
     assert namespace("--context", "without") == "default"
     assert namespace("-n", "other") == "other"
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
+
+
+def test_view_of_a_canary_release_and_its_analysis() -> None:
+    ms = microservice(
+        phase="Progressing",
+        ready="3/3",
+        activeTrack="primary",
+        desiredRevision="bbbbbbbbbb",
+        currentRevision=GOOD_REV,
+        lastKnownGoodRevision=GOOD_REV,
+        canary={
+            "revision": "bbbbbbbbbb",
+            "step": "1/3",
+            "replicas": 1,
+            "readyReplicas": 1,
+            "since": ts(30),
+            "message": "step 1/3, 1 canary pod: healthy; next step in 30s",
+        },
+        analysis=[
+            {
+                "check": "error-ratio",
+                "track": "primary",
+                "revision": "bbbbbbbbbb",
+                "outcome": "Failed",
+                "consecutiveFailures": 2,
+                "since": ts(60),
+                "message": "error-ratio = 0.3, above the threshold 0.01 (2/3 in a row)",
+            }
+        ],
+    )
+    canary_pod = pod("shop-canary-x", "primary", "bbbbbbbbbb")
+    canary_pod["metadata"]["labels"]["mso.dev/canary"] = "true"
+    snap = cli.Snapshot(
+        ms=ms,
+        primary=deployment("shop", "primary", GOOD_REV, "shop:1.0", ready=3, replicas=3),
+        service=service("primary"),
+        pods=[canary_pod],
+        revisions=[good_record()],
+    )
+    text = cli.render_view(snap, NOW)
+    assert line(text, "Canary step").startswith("Canary step 1/3: revision bbbbbbbbbb, 1/1 ready")
+    row = line(text, "  error-ratio").split()
+    assert row[:6] == ["error-ratio", "primary", "bbbbbbbbbb", "Failed", "2", "60s"]
+    assert line(text, "  shop-canary-x").split()[1] == "canary"
