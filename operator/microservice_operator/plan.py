@@ -654,6 +654,11 @@ def _revision_phase(r: _Reconcile) -> _Revision:
                 now=r.now,
                 analysis=checks,
             )
+    elif canary is not None and good is not None and decision.action == "degraded_no_rollback":
+        # A bad canary with rollback off: it stays at its step, never promoted, and
+        # the stable pods keep the last known good.
+        held = _canary_hold(r, canary[0], decision.message)
+        decision = dataclasses.replace(decision, revision=good.revision, render_from=good)
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
     if (rolled_back or held is not None) and decision.render_from is not None:
@@ -749,6 +754,23 @@ def _canary_phase(
     return step, assessed
 
 
+def _canary_base(r: _Reconcile) -> int:
+    """The primary's desired replicas, which canary percentages are of."""
+    needed = render.desired_replicas(r.spec, _live_replicas(r.observed.deployment))
+    if needed is None:  # autoscaled: a share of what the HPA runs now
+        needed = _live_replicas(r.observed.deployment) or 1
+    return needed
+
+
+def _canary_hold(r: _Reconcile, step: int, message: str) -> failover.CanaryDecision:
+    """The canary kept at its current step."""
+    canary = r.spec.strategy.canary if r.spec.strategy else None
+    assert canary is not None
+    since = _parse_time(r.state.canary_step_since) or r.now
+    size = failover.canary_replicas(canary.steps[step], _canary_base(r))
+    return failover.CanaryDecision(step, since, size, False, False, message, None)
+
+
 def _canary_step(
     r: _Reconcile,
     desired: str,
@@ -760,16 +782,13 @@ def _canary_step(
     canary = r.spec.strategy.canary if r.spec.strategy else None
     assert canary is not None
     since = _parse_time(r.state.canary_step_since) or r.now
-    needed = render.desired_replicas(r.spec, _live_replicas(r.observed.deployment))
-    if needed is None:  # autoscaled: a share of what the HPA runs now
-        needed = _live_replicas(r.observed.deployment) or 1
     decided = failover.decide_canary(
         canary=canary,
         step=step,
         since=since,
         health=assessed,
         analysis=checks,
-        desired=needed,
+        desired=_canary_base(r),
         now=r.now,
     )
     r.state = r.state.model_copy(

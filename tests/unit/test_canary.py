@@ -214,3 +214,30 @@ def test_the_first_release_has_nothing_to_canary_against() -> None:
         NOW,
     )
     assert applied(p, "shop-canary") is None and applied(p, "shop") is not None
+
+
+def test_with_rollback_off_a_bad_canary_stays_at_its_step_and_is_never_promoted() -> None:
+    spec = {**V1, "failover": {"rollback": False}}
+    obj, observed = converged(spec)
+    v1 = obj["status"]["lastKnownGoodRevision"]
+    obj["spec"] = {**spec, "image": "hello:crashloop"}
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, observed, at(0))
+    v2 = p.status["desiredRevision"]
+    canary = applied(p, "shop-canary")
+    assert canary is not None
+    obj["status"] = p.status
+    observed = replace(
+        observed,
+        canary=live_of(canary, replicas=1, observedGeneration=1),
+        pods=(*observed.pods, canary_pod("c1", v2, restarts=5)),
+    )
+    for t in (20, 200):
+        p = plan.plan(obj, observed, at(t))
+        assert not [d for d in p.deletes if d[1] == "shop-canary"]
+        assert applied(p, "shop") is None  # never promoted
+        assert p.status["currentRevision"] == v1
+        assert p.status["canary"]["step"] == "1/2"
+        degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "CrashLoop")
+        obj["status"] = p.status
