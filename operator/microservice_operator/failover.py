@@ -533,7 +533,9 @@ def decide_canary(
         return CanaryDecision(step, since, size, False, False, msg, None)
     left = current.pause_seconds - (now - since).total_seconds()
     if left > 0:
-        msg = f"{where}: healthy; next step in {left:.0f}s"
+        # An instant, not a countdown: the message stays the same until then.
+        due = format_time(since + timedelta(seconds=current.pause_seconds))
+        msg = f"{where}: healthy; next step at {due}"
         return CanaryDecision(step, since, size, False, False, msg, left)
     nxt = step + 1
     if nxt >= len(steps):
