@@ -519,6 +519,9 @@ def _retry_request(r: _Reconcile) -> None:
             asked = min(spec_changed_at(r.ms) or r.now, r.now)
             r.state = r.state.model_copy(update={"attempt_since": health.format_precise(asked)})
         what = f"revision {bad.revision} is" if bad else "no revision is"
+        # Dropping a user's request is confirmed like a destructive act: the cache
+        # may not have the quarantine record yet.
+        r.result.destructive.append(f"ignore {RETRY_ANNOTATION}={wanted}")
         r.result.events.append(
             EventSpec(
                 "Warning",
@@ -862,6 +865,9 @@ def _traffic_phase(r: _Reconcile, assessed: health.Health) -> tuple[failover.Tra
                 EventSpec("Normal", "FailbackIgnored", "Traffic is already on the primary")
             )
         elif not track.switched:
+            # Refusing consumes the request: confirm the primary's state live first
+            # (the cache may not have seen its pods become ready yet).
+            result.destructive.append("refuse the failback request")
             result.events.append(
                 EventSpec(
                     "Warning",

@@ -431,6 +431,7 @@ def test_retry_of_a_revision_that_is_not_quarantined_is_refused() -> None:
     assert [e.reason for e in p.events] == ["RetryIgnored"]
     assert p.handled_annotations == [(plan.RETRY_ANNOTATION, "abc")]
     assert not p.history_deletes
+    assert p.destructive  # dropping the request is confirmed live (the cache may lag)
 
 
 def test_failback_now_when_the_primary_is_healthy() -> None:
@@ -444,6 +445,7 @@ def test_failback_now_when_the_primary_is_healthy() -> None:
     assert p.handled_annotations == [(plan.FAILBACK_ANNOTATION, "now")]
     refused = plan.plan(asked, observed, NOW)  # primary pods not ready
     assert "FailbackRefused" in [e.reason for e in refused.events]
+    assert refused.destructive == ["refuse the failback request"]  # confirmed live first
 
 
 # --------------------------------------------------------------------------- pacing
