@@ -662,6 +662,11 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         # the stable pods keep the last known good.
         held = _canary_hold(r, canary[0], decision.message)
         decision = dataclasses.replace(decision, revision=good.revision, render_from=good)
+    if decision.rolled_back and r.state.canary_revision is not None:
+        # The canary failed: it is over (its Deployment goes in this reconcile).
+        r.state = r.state.model_copy(
+            update={"canary_revision": None, "canary_step": None, "canary_step_since": None}
+        )
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
     if (rolled_back or held is not None) and decision.render_from is not None:

@@ -291,6 +291,11 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
         timeout=60,
         message="warm standby ready",
     )
+    # Under load the first release's pods can be slower than failoverAfterSeconds and
+    # traffic goes to the standby meanwhile (something beats nothing): start on the
+    # primary.
+    wait_for(lambda: track() == "primary", timeout=60, message="traffic on the primary")
+    wait_condition(kube_api, ns, "web", "FailedOver", status="False", timeout=30)
     # Every pod stays Ready; only the users see the errors.
     exporter.set(ns, "web", "primary", v1, error_ratio=0.3)
     breached = time.monotonic()

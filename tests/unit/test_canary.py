@@ -200,6 +200,7 @@ def test_a_crash_looping_canary_is_removed_and_quarantined_the_stable_pods_untou
     assert applied(p, "shop") is None  # still v1, as it was all along
     assert p.status["currentRevision"] == v1
     assert p.rollbacks == ["CrashLoop"]
+    assert p.status["failoverState"].get("canaryStep") is None  # the canary is over
 
 
 def test_the_first_release_has_nothing_to_canary_against() -> None:
