@@ -161,17 +161,13 @@ def kube_api(kubeconfig: Path) -> Iterator[client.ApiClient]:
         api.close()
 
 
-@pytest.fixture
-def namespace(kube_api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (with everything in it) afterwards."""
+@contextlib.contextmanager
+def fresh_namespace(kube_api: client.ApiClient, name: str, labels: dict[str, str]) -> Iterator[str]:
+    """Create a namespace, wait until pods can be created in it, delete it (with
+    everything in it) afterwards."""
     core = client.CoreV1Api(kube_api)
-    name = f"test-{uuid.uuid4().hex[:8]}"
     core.create_namespace(
-        client.V1Namespace(
-            metadata=client.V1ObjectMeta(
-                name=name, labels={"app.kubernetes.io/managed-by": "pytest", WORKER_LABEL: WORKER}
-            )
-        )
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
     )
 
     def default_sa() -> bool:
@@ -193,3 +189,11 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+@pytest.fixture
+def namespace(kube_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (with everything in it) afterwards."""
+    labels = {"app.kubernetes.io/managed-by": "pytest", WORKER_LABEL: WORKER}
+    with fresh_namespace(kube_api, f"test-{uuid.uuid4().hex[:8]}", labels) as name:
+        yield name

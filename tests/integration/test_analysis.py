@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from tests.integration.fixtures import fresh_namespace
 from tests.integration.helpers import holds_for, wait_for
 from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess
@@ -66,34 +66,9 @@ def prom(exporter: SloExporter) -> Iterator[Prometheus]:
 @pytest.fixture
 def own_namespace(kube_api: client.ApiClient) -> Iterator[str]:
     """A namespace only this test's operator watches (no test-worker label)."""
-    core = client.CoreV1Api(kube_api)
-    name = f"slo-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(
-        client.V1Namespace(
-            metadata=client.V1ObjectMeta(
-                name=name, labels={"app.kubernetes.io/managed-by": "pytest"}
-            )
-        )
-    )
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    try:
-        wait_for(default_sa, timeout=30, interval=0.1, message=f"default SA in {name}")
+    labels = {"app.kubernetes.io/managed-by": "pytest"}
+    with fresh_namespace(kube_api, f"slo-{uuid.uuid4().hex[:8]}", labels) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 @pytest.fixture
@@ -425,3 +400,38 @@ def kubectl_get_ms(kubeconfig: Path, ns: str) -> str:
 
 def events_all(api: client.ApiClient, ns: str) -> list[Any]:
     return list(client.CoreV1Api(api).list_namespaced_event(ns).items)
+
+
+def test_an_operator_restart_mid_analysis_only_delays_the_rollback(
+    kubeconfig: Path,
+    kube_api: client.ApiClient,
+    own_namespace: str,
+    exporter: SloExporter,
+    slo_operator: OperatorProcess,
+) -> None:
+    """The failure counts live in the running operator: a restart starts them afresh
+    (status, which anyone may patch, is not evidence), so it can delay a rollback but
+    never hasten it."""
+    ns = own_namespace
+    release_v1(kubeconfig, kube_api, ns, exporter)
+    apply_ms(kubeconfig, ns, web("hello:2"))
+    v2 = desired_revision(kube_api, ns, "hello:2")
+    exporter.set(ns, "web", "primary", v2, rps=20, error_ratio=0.4, latency_seconds=0.02)
+
+    def failures() -> int:
+        ms = get_ms(kube_api, ns, "web")
+        found = [
+            a["consecutiveFailures"]
+            for a in ms["status"].get("analysis") or []
+            if a["revision"] == v2 and a["check"] == "error-ratio"
+        ]
+        return max(found, default=0)
+
+    wait_for(lambda: failures() == LIMIT - 1, timeout=60, interval=0.1, message="2 failures")
+    slo_operator.stop()
+    restarted = time.monotonic()
+    slo_operator.start()
+    ms = wait_condition(kube_api, ns, "web", "RolledBack", status="True", timeout=60)
+    # LIMIT failures counted by the new process, the first one interval after it saw v2.
+    assert time.monotonic() - restarted >= LIMIT * INTERVAL - 1
+    assert f"{LIMIT}/{LIMIT} in a row" in ms["status"]["quarantine"]["message"]

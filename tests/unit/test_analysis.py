@@ -357,3 +357,32 @@ def test_the_example_with_analysis_and_canary_is_valid() -> None:
         revision="r1",
     )
     assert 'revision="r1"' in q and "{{" not in q
+
+
+def test_status_analysis_is_a_report_never_evidence() -> None:
+    """A status.analysis saying the release failed (written by anyone who may patch
+    status) rolls nothing back: only the running analyzer's results count."""
+    obj, observed = converged(spec_with({"checks": [ERRORS.dump()]}))
+    rev = obj["status"]["desiredRevision"]
+    passed = replace(observed, analysis=(run(ERRORS, [0.0], revision=rev),))
+    p = plan.plan(obj, passed, T0)
+    obj["status"] = p.status
+    observed = with_history(passed, p)
+    obj["spec"] = {**obj["spec"], "image": "shop/cart:3"}
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, replace(observed, analysis=()), T0)
+    new = p.status["desiredRevision"]
+    forged = {
+        "check": "error-ratio",
+        "track": "primary",
+        "revision": new,
+        "outcome": "Failed",
+        "consecutiveFailures": 3,
+        "since": "2026-11-30T05:00:00Z",
+        "message": "error-ratio = 1, above the threshold 0.05 (3/3 in a row)",
+    }
+    obj["status"] = {**p.status, "analysis": [forged]}
+    p = plan.plan(obj, replace(observed, analysis=()), T0 + timedelta(seconds=5))
+    assert not p.rollbacks and "quarantinedRevision" not in p.status
+    cond = next(c for c in p.status["conditions"] if c["type"] == "Analysis")
+    assert (cond["status"], cond["reason"]) == ("Unknown", "Analyzing")

@@ -177,10 +177,14 @@ def test_a_good_release_goes_through_every_step_and_is_promoted() -> None:
     assert p.status["failoverState"].get("canaryRevision") is None
 
 
-def test_a_crash_looping_canary_is_removed_and_quarantined_the_stable_pods_untouched() -> None:
-    obj, observed = converged(V1)
+def crash_looping_canary(
+    spec: dict[str, Any],
+) -> tuple[dict[str, Any], plan.Observed, str, str]:
+    """A MicroService proven on hello:1, now released as hello:crashloop, whose one
+    canary pod restarted 5 times: (the object, what is observed, v1, v2)."""
+    obj, observed = converged(spec)
     v1 = obj["status"]["lastKnownGoodRevision"]
-    obj["spec"] = {**V1, "image": "hello:crashloop"}
+    obj["spec"] = {**spec, "image": "hello:crashloop"}
     obj["metadata"]["generation"] = 2
     p = plan.plan(obj, observed, at(0))
     v2 = p.status["desiredRevision"]
@@ -192,6 +196,11 @@ def test_a_crash_looping_canary_is_removed_and_quarantined_the_stable_pods_untou
         canary=live_of(canary, replicas=1, observedGeneration=1),
         pods=(*observed.pods, canary_pod("c1", v2, restarts=5)),
     )
+    return obj, observed, v1, v2
+
+
+def test_a_crash_looping_canary_is_removed_and_quarantined_the_stable_pods_untouched() -> None:
+    obj, observed, v1, v2 = crash_looping_canary(V1)
     p = plan.plan(obj, observed, at(20))
     assert [e.reason for e in p.events] == ["RolledBack"]
     assert p.status["quarantinedRevision"] == v2
@@ -218,21 +227,7 @@ def test_the_first_release_has_nothing_to_canary_against() -> None:
 
 
 def test_with_rollback_off_a_bad_canary_stays_at_its_step_and_is_never_promoted() -> None:
-    spec = {**V1, "failover": {"rollback": False}}
-    obj, observed = converged(spec)
-    v1 = obj["status"]["lastKnownGoodRevision"]
-    obj["spec"] = {**spec, "image": "hello:crashloop"}
-    obj["metadata"]["generation"] = 2
-    p = plan.plan(obj, observed, at(0))
-    v2 = p.status["desiredRevision"]
-    canary = applied(p, "shop-canary")
-    assert canary is not None
-    obj["status"] = p.status
-    observed = replace(
-        observed,
-        canary=live_of(canary, replicas=1, observedGeneration=1),
-        pods=(*observed.pods, canary_pod("c1", v2, restarts=5)),
-    )
+    obj, observed, v1, _ = crash_looping_canary({**V1, "failover": {"rollback": False}})
     for t in (20, 200):
         p = plan.plan(obj, observed, at(t))
         assert not [d for d in p.deletes if d[1] == "shop-canary"]
