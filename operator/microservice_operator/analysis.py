@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -98,19 +98,23 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def judge(check: AnalysisCheck, m: Measurement) -> tuple[Outcome, str]:
-    """Outcome and message of one measurement."""
+def judge(check: AnalysisCheck, m: Measurement) -> tuple[Outcome, str, str]:
+    """Outcome, message and detail of one measurement. The message leaves the value
+    out, so that it stays the same from one result to the next (it is in status, and
+    status is written only when it changes); the detail, for Events, has it."""
     if m.value is None:
-        return "Inconclusive", m.problem
+        return "Inconclusive", m.problem, m.problem
     above = m.value > check.threshold
     below = m.value < check.threshold
     bad = above if check.fail_when == "Above" else below
     limit = _fmt(check.threshold)
     if bad:
         side = "above" if check.fail_when == "Above" else "below"
-        return "Failed", f"{check.name} = {_fmt(m.value)}, {side} the threshold {limit}"
+        message = f"{check.name} {side} the threshold {limit}"
+        return "Failed", message, f"{check.name} = {_fmt(m.value)}, {side} the threshold {limit}"
     side = "at most" if check.fail_when == "Above" else "at least"
-    return "Passed", f"{check.name} {side} {limit}"
+    message = f"{check.name} {side} {limit}"
+    return "Passed", message, f"{check.name} = {_fmt(m.value)}, {side} {limit}"
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,11 @@ class CheckState:
     outcome: Outcome
     since: datetime
     message: str
-    failures: int = 0  # consecutive results counted as failures, capped at failureLimit
-    passes: int = 0  # consecutive passes, capped at successLimit
+    failures: int = 0  # results counted as failures in a row, capped at failureLimit
+    passes: int = 0  # passes in a row, capped at successLimit
     value: float | None = None  # the last value (for metrics; not part of the report)
+    detail: str = ""  # the message with the value, for Events
+    definition: AnalysisCheck | None = None  # the check as it was when measured
 
     def report(self) -> AnalysisResult:
         """What status shows: stable while the outcome holds (the value is in metrics)."""
@@ -150,6 +156,7 @@ class CheckState:
             self.message,
             self.failures,
             self.passes,
+            self.definition,
         )
 
 
@@ -167,33 +174,47 @@ def advance(
     measurement: Measurement,
     now: datetime,
 ) -> CheckState:
-    """The state after one more measurement of ``check`` for ``track``/``revision``."""
-    outcome, message = judge(check, measurement)
+    """The state after one more measurement of ``check`` for ``track``/``revision``.
+
+    A failure adds to the failures in a row and ends the passes; a pass the reverse.
+    A result without data (inconclusive, unless it counts as a failure) changes
+    neither: it says nothing about the release, so it must not wipe out failures
+    seen before it (a canary with little traffic would never reach its limit) nor
+    passes."""
+    outcome, message, detail = judge(check, measurement)
     failed = counts_as_failure(outcome, analysis)
-    if prev is None or (prev.check, prev.track, prev.revision) != (check.name, track, revision):
+    if prev is not None and (
+        (prev.check, prev.track, prev.revision) != (check.name, track, revision)
+        or prev.definition != check
+    ):
         prev = None
-    failures = min(check.failure_limit, (prev.failures if prev else 0) + 1) if failed else 0
-    passes = (
-        min(check.success_limit, (prev.passes if prev else 0) + 1) if outcome == "Passed" else 0
-    )
+    failures, passes = (prev.failures, prev.passes) if prev is not None else (0, 0)
+    if failed:
+        failures, passes = min(check.failure_limit, failures + 1), 0
+    elif outcome == "Passed":
+        failures, passes = 0, min(check.success_limit, passes + 1)
     since = prev.since if prev is not None and prev.outcome == outcome else now
-    state = CheckState(
+    if failed and outcome == "Failed":
+        note = f" ({failures}/{check.failure_limit} in a row)"
+    elif failed:
+        note = f" (counted as a failure, {failures}/{check.failure_limit} in a row)"
+    elif failures:
+        note = f" (failures in a row so far: {failures}/{check.failure_limit})"
+    else:
+        note = ""
+    return CheckState(
         check=check.name,
         track=track,
         revision=revision,
         outcome=outcome,
         since=since,
-        message=message,
+        message=message + note,
         failures=failures,
         passes=passes,
         value=measurement.value,
+        detail=detail + note,
+        definition=check,
     )
-    if failed and outcome == "Failed":
-        limit = f"{failures}/{check.failure_limit} in a row"
-        state = replace(state, message=f"{message} ({limit})")
-    elif failed:
-        state = replace(state, message=f"{message} (counted as a failure, {failures} in a row)")
-    return state
 
 
 @dataclass(frozen=True)
@@ -201,14 +222,14 @@ class Verdict:
     """The checks of one track and revision, summed up."""
 
     failed: CheckState | None  # reached its failureLimit: the revision is bad
-    failing: CheckState | None  # its last result counts as a failure: the primary is sick
-    proven: bool  # every check passed successLimit times in a row
+    failing: CheckState | None  # failures in a row, not ended by a pass: the primary is sick
+    proven: bool  # every check's latest result passed, successLimit times in a row
     inconclusive: tuple[CheckState, ...]
     waiting: tuple[str, ...]  # checks with no result yet
 
     @property
     def summary(self) -> str:
-        """One line for conditions and Events."""
+        """One line for conditions: stable from one result to the next."""
         if self.failed is not None:
             return self.failed.message
         if self.failing is not None:
@@ -226,7 +247,8 @@ class Verdict:
 def verdict(
     analysis: Analysis, states: Iterable[CheckState], *, track: str, revision: str
 ) -> Verdict:
-    """Sum up the checks of ``analysis`` for one track and revision."""
+    """Sum up the checks of ``analysis`` for one track and revision. A result measured
+    with another definition of its check (the spec changed since) does not count."""
     mine = {s.check: s for s in states if s.track == track and s.revision == revision}
     failed = failing = None
     inconclusive: list[CheckState] = []
@@ -234,7 +256,7 @@ def verdict(
     proven = True
     for check in analysis.checks:
         s = mine.get(check.name)
-        if s is None:
+        if s is None or s.definition not in (None, check):
             waiting.append(check.name)
             proven = False
             continue
@@ -244,6 +266,6 @@ def verdict(
             failing = s
         if s.outcome == "Inconclusive":
             inconclusive.append(s)
-        if s.passes < check.success_limit:
+        if s.outcome != "Passed" or s.passes < check.success_limit:
             proven = False
     return Verdict(failed, failing, proven, tuple(inconclusive), tuple(waiting))

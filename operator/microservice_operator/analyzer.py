@@ -45,6 +45,7 @@ class _Target:
     """One check of one track and revision of one MicroService, and when it is due."""
 
     check: AnalysisCheck
+    role: str  # "release" (a revision proving itself) or "primary" (the proven one)
     track: str
     revision: str
     due: float  # monotonic
@@ -85,7 +86,9 @@ class Analyzer:
 
     # ------------------------------------------------------------ reconcile side
 
-    def want(self, key: Key, spec: Analysis | None, targets: tuple[tuple[str, str], ...]) -> None:
+    def want(
+        self, key: Key, spec: Analysis | None, targets: tuple[tuple[str, str, str], ...]
+    ) -> None:
         """What ``key``'s latest plan wants queried (called from reconcile threads)."""
         now = self.clock()
         with self._lock:
@@ -101,11 +104,11 @@ class Analyzer:
                     self.metrics.forget_analysis(*key)
                 self._services[key] = svc
             wanted: dict[tuple[str, str, str], _Target] = {}
-            for track, revision in targets:
+            for role, track, revision in targets:
                 for check in spec.checks:
                     k = (check.name, track, revision)
                     wanted[k] = svc.targets.get(k) or _Target(
-                        check, track, revision, due=now + check.interval_seconds
+                        check, role, track, revision, due=now + check.interval_seconds
                     )
             if wanted.keys() != svc.targets.keys():
                 self.metrics.forget_analysis(*key)  # series of dropped targets go
@@ -198,10 +201,12 @@ class Analyzer:
             changed = target.state is None or target.state.view() != state.view()
             target.state = state
             target.due = self.clock() + target.check.interval_seconds
-        self.metrics.analysis_result(
-            ns, name, target.check.name, target.track, state.outcome, state.value
-        )
-        if state.outcome == "Inconclusive":
+            # Under the lock: a want() dropping this target cannot run in between and
+            # leave a series behind.
+            self.metrics.analysis_result(
+                ns, name, target.check.name, target.role, state.outcome, state.value
+            )
+        if changed and state.outcome == "Inconclusive":
             log.info(
                 "Analysis check %s of %s/%s (%s, revision %s) inconclusive: %s",
                 target.check.name,

@@ -750,11 +750,11 @@ class AnalysisCheck(Model):
         ...,
         description="PromQL that yields one number, e.g. the error ratio of this "
         "revision's pods. Placeholders, replaced before each query: {{ namespace }}, "
-        "{{ name }} (the MicroService's), {{ track }} (primary or standby), {{ revision }} "
-        "(the pods' mso.dev/revision label) and {{ interval }} (intervalSeconds as a "
-        "PromQL duration, e.g. 30s). An empty result or NaN (no traffic) is "
-        "inconclusive, not a failure; so is more than one series: aggregate with sum() "
-        "or max().",
+        "{{ name }} (the MicroService's), {{ revision }} (the pods' mso.dev/revision "
+        "label: select by it, canary pods carry the same track as the stable ones), "
+        "{{ track }} (primary) and {{ interval }} (intervalSeconds as a PromQL duration, "
+        "e.g. 30s). An empty result or NaN (no traffic) is inconclusive, not a failure; "
+        "so is more than one series: aggregate with sum() or max().",
     )
     threshold: float = Field(..., description="The value the result is compared with.")
     fail_when: Literal["Above", "Below"] = Field(
@@ -766,16 +766,18 @@ class AnalysisCheck(Model):
         30,
         ge=1,
         le=3600,
-        description="Seconds between queries. Keep it at least the Prometheus scrape "
-        "interval; the first query runs one interval after the revision is first seen.",
+        description="Seconds between queries. Keep it at least twice the Prometheus scrape "
+        "interval (rate() needs two samples); the first query runs one interval after the "
+        "revision is first seen.",
     )
     failure_limit: int = Field(
         3,
         ge=1,
         le=100,
-        description="Consecutive failures after which a new revision is judged bad and "
-        "rolled back (never before). A healthy, proven primary counts as sick from its "
-        "first failure, and fails over after failoverAfterSeconds of them.",
+        description="Failures in a row after which a new revision is judged bad and "
+        "rolled back (never before); a pass ends the run, a result without data neither "
+        "counts nor ends it. A proven primary counts as sick from its first failure until "
+        "a pass, and fails over after failoverAfterSeconds of that.",
     )
     success_limit: int = Field(
         1,
@@ -815,7 +817,8 @@ class Analysis(Model):
         "no data) as a failure. Off by default: missing data never rolls back a release "
         "or moves traffic; it only delays proving a new revision, and the Analysis "
         "condition says why. On, a primary that gets no traffic (e.g. after a failover) "
-        "has no data and cannot fail back on its own: use mso.dev/failback.",
+        "has no data and cannot fail back on its own: use mso.dev/failback (judged on its "
+        "pods).",
     )
 
     @model_validator(mode="after")

@@ -203,6 +203,10 @@ def decide_rollback(
     if not failover.rollback:
         msg = f"{what}; rollback is disabled (spec.failover.rollback: false)."
         return out("degraded_no_rollback", reason, msg)
+    if reason == "AnalysisFailed" and failed_check is not None and failed_check.detail:
+        # Said once (Event, quarantine), so with the value; conditions that repeat
+        # while it stays bad (degraded, above) leave the value out.
+        what = f"{name} is bad (analysis check {failed_check.detail})"
     msg = f"{what}; rolled back to revision {lkg.revision} ({lkg.image})."
     bad = QuarantineRecord(
         revision=desired_revision,
@@ -277,7 +281,8 @@ def decide_track(
       to standby.replicas. Also back, at once, when the standby has no ready pod left
       and the primary has some.
     - ``failback_requested`` (the ``mso.dev/failback`` annotation): back at once,
-      without waiting failbackAfterSeconds, if the primary is healthy.
+      without waiting failbackAfterSeconds, if the primary's pods are healthy (a
+      human's call: its checks may have no data while it gets no traffic).
     - ``analysis_failing`` (the message of a failing analysis check of the proven
       primary) makes a primary with enough ready pods count as unhealthy too:
       users feel errors and latency, not readiness. An inconclusive analysis does not.
@@ -339,7 +344,7 @@ def decide_track(
             left = None
             if healthy_since is not None:
                 left = failover.failback_after_seconds - (now - healthy_since).total_seconds()
-            if failback_requested and well:
+            if failback_requested and health.healthy:
                 size, reason = base, "FailbackRequested"
                 msg = f"{ratio}; traffic back on request (mso.dev/failback)."
             elif left is not None and left <= 0:

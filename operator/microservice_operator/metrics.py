@@ -97,6 +97,7 @@ ROLLBACK_REASONS: Final = (
 _ALIASES: Final = {"crashloopbackoff": "CrashLoop"}
 
 ANALYSIS_OUTCOMES: Final = ("Passed", "Failed", "Inconclusive")
+ANALYSIS_TARGETS: Final = ("release", "primary")
 
 RECONCILE_ERROR_REASONS: Final = ("InvalidSpec", "ApiError", "Conflict", "Timeout", OTHER)
 
@@ -420,11 +421,12 @@ class OperatorMetrics:
             ms,
             registry=reg,
         )
-        check = (*ms, "check", "track")
+        check = (*ms, "check", "target")
         self.analysis_results = Counter(
             "mso_analysis_results",
-            "Results of the analysis checks (spec.failover.analysis), by check, track and "
-            "outcome (Passed, Failed, Inconclusive: no data or no answer from Prometheus).",
+            "Results of the analysis checks (spec.failover.analysis), by check, target "
+            "(release: a revision proving itself, canary included; primary: the proven "
+            "primary) and outcome (Passed, Failed, Inconclusive: no data or no answer).",
             [*check, "outcome"],
             registry=reg,
         )
@@ -536,7 +538,7 @@ class OperatorMetrics:
             self.pod_remediations.labels(namespace, name).inc(count)
 
     def _analysis_metrics(self) -> tuple[tuple[Gauge | Counter, tuple[str, ...]], ...]:
-        check = ("namespace", "name", "check", "track")
+        check = ("namespace", "name", "check", "target")
         return (
             (self.analysis_results, (*check, "outcome")),
             (self.analysis_outcome, (*check, "outcome")),
@@ -544,23 +546,24 @@ class OperatorMetrics:
         )
 
     def analysis_result(
-        self, namespace: str, name: str, check: str, track: str, outcome: str, value: float | None
+        self, namespace: str, name: str, check: str, target: str, outcome: str, value: float | None
     ) -> None:
-        """Record one result of an analysis check."""
+        """Record one result of an analysis check of a target (release or primary)."""
         if outcome not in ANALYSIS_OUTCOMES:
             raise ValueError(f"outcome must be one of {ANALYSIS_OUTCOMES}, not {outcome!r}")
+        target = _bounded(target, ANALYSIS_TARGETS, OTHER, "analysis target")
         with self._lock:
             for o in ANALYSIS_OUTCOMES:
-                self.analysis_results.labels(namespace, name, check, track, o)
-                self.analysis_outcome.labels(namespace, name, check, track, o).set(
+                self.analysis_results.labels(namespace, name, check, target, o)
+                self.analysis_outcome.labels(namespace, name, check, target, o).set(
                     1 if o == outcome else 0
                 )
-            self.analysis_results.labels(namespace, name, check, track, outcome).inc()
+            self.analysis_results.labels(namespace, name, check, target, outcome).inc()
             if value is None:
                 with contextlib.suppress(KeyError):
-                    self.analysis_value.remove(namespace, name, check, track)
+                    self.analysis_value.remove(namespace, name, check, target)
             else:
-                self.analysis_value.labels(namespace, name, check, track).set(value)
+                self.analysis_value.labels(namespace, name, check, target).set(value)
 
     def forget_analysis(self, namespace: str, name: str) -> None:
         """Remove the analysis series of a MicroService (its checks or targets changed)."""

@@ -155,7 +155,7 @@ class Plan:
     # The checks (spec.failover.analysis) and the (track, revision) pairs they should
     # query next; empty: none.
     analysis_spec: Analysis | None = None
-    analysis_targets: tuple[tuple[str, str], ...] = ()
+    analysis_targets: tuple[tuple[str, str, str], ...] = ()  # (role, track, revision)
 
     @property
     def is_noop(self) -> bool:
@@ -645,6 +645,15 @@ def _revision_phase(r: _Reconcile) -> _Revision:
                 message=f"Revision {desired_revision} ({spec.image}) is a canary: {held.message}.",
             )
         else:  # promoted just now: the primary rolls it out, judged as usual
+            # Its progress deadline starts now, not when the spec was written: the
+            # canary steps may well have taken longer than progressDeadlineSeconds.
+            revision_since = r.now
+            r.state = r.state.model_copy(
+                update={"revision_since": health.format_precise(r.now), "attempt_since": None}
+            )
+            assessed = health.assess(
+                dep_obs, pod_obs, fo, r.now, revision=target, revision_since=revision_since
+            )
             decision = failover.decide_rollback(
                 desired_revision=desired_revision,
                 desired_image=spec.image,
@@ -1041,18 +1050,18 @@ def _analysis_status(
             return status
         kept = [c for c in status.conditions or [] if c.type != "Analysis"]
         return status.model_copy(update={"analysis": None, "conditions": kept})
-    targets: list[tuple[str, str]] = []
+    targets: list[tuple[str, str, str]] = []
     shown: analysis.Verdict | None = None
     if r.rollout_verdict is not None:
         shown = r.rollout_verdict
         if not rev.decision.rolled_back:
-            targets.append((render.PRIMARY, rev.desired))
+            targets.append(("release", render.PRIMARY, rev.desired))
     if r.primary_verdict is not None and r.records.last_known_good is not None:
         shown = shown or r.primary_verdict
-        targets.append((render.PRIMARY, r.records.last_known_good.revision))
+        targets.append(("primary", render.PRIMARY, r.records.last_known_good.revision))
     r.result.analysis_spec = spec_analysis
     r.result.analysis_targets = tuple(targets)
-    about = set(targets)
+    about = {(track, revision) for _, track, revision in targets}
     if r.rollout_verdict is not None:
         about.add((render.PRIMARY, rev.desired))  # also at the moment it is rolled back
     reports = [s.report() for s in r.observed.analysis if (s.track, s.revision) in about]
@@ -1241,6 +1250,12 @@ def _status_phase(
     waits = [w for w in (track.next_check_after, remediation.next_check_after) if w is not None]
     if rev.canary is not None and rev.canary.next_check_after is not None:
         waits.append(max(0.5, rev.canary.next_check_after + 0.05))  # the pause ends
+    ch = rev.canary_health
+    if ch is not None:
+        # The canary's own step deadline and image-error grace.
+        for at in (ch.deadline_at if not ch.fully_healthy else None, ch.next_check_at):
+            if at is not None and at > r.now:
+                waits.append(max(0.5, (at - r.now).total_seconds() + 0.05))
     if (
         not assessed.fully_healthy
         and assessed.deadline_at is not None

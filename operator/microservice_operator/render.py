@@ -573,7 +573,12 @@ def build_pdb(
     Ready anyway: protecting broken pods would only block node maintenance.
     """
     av = spec.availability
-    body: Manifest = {"selector": {"matchLabels": selector_labels(owner.name, track)}}
+    selector: Manifest = {"matchLabels": selector_labels(owner.name, track)}
+    if track == PRIMARY:
+        # A canary's pods carry track primary too (for the Service); an unready one
+        # must not use up the budget of the stable pods (drains, remediation).
+        selector["matchExpressions"] = [{"key": CANARY_LABEL, "operator": "DoesNotExist"}]
+    body: Manifest = {"selector": selector}
     if track == STANDBY:
         if spec.failover.standby is None:
             return None

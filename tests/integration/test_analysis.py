@@ -279,7 +279,7 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
     ms = get_ms(kube_api, ns, "web")
     c = cond(ms, "FailedOver")
     assert c is not None and c["status"] == "True", c
-    assert "failing its analysis: error-ratio = 0.3" in c["message"], c
+    assert "failing its analysis: error-ratio above the threshold 0.05" in c["message"], c
     switched = events(kube_api, ns, "web", "FailedOver")
     assert switched and "error-ratio" in switched[0].message
     assert ms["status"].get("lastKnownGoodRevision") == v1  # a proven release: no rollback

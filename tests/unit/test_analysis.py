@@ -122,15 +122,24 @@ def test_thresholds_in_both_directions() -> None:
     assert analysis.judge(ERRORS, Measurement(0.05))[0] == "Passed"  # at the threshold
     assert analysis.judge(SUCCESS, Measurement(0.5))[0] == "Failed"
     assert analysis.judge(SUCCESS, Measurement(0.95))[0] == "Passed"
-    _, message = analysis.judge(ERRORS, Measurement(0.2))
-    assert message == "error-ratio = 0.2, above the threshold 0.05"
+    _, message, detail = analysis.judge(ERRORS, Measurement(0.2))
+    assert message == "error-ratio above the threshold 0.05"  # the same at every result
+    assert detail == "error-ratio = 0.2, above the threshold 0.05"  # for Events
 
 
 def test_failures_count_in_a_row_and_a_pass_resets_them() -> None:
     assert run(ERRORS, [0.2, 0.2]).failures == 2
     assert run(ERRORS, [0.2, 0.2, 0.0]).failures == 0
     assert run(ERRORS, [0.2, 0.2, 0.2, 0.2, 0.2]).failures == 3  # capped at the limit
-    assert run(ERRORS, [0.2, None, 0.2]).failures == 1  # inconclusive breaks the run
+    # No data says nothing: it neither counts nor ends the run (a canary with little
+    # traffic still reaches its limit).
+    assert run(ERRORS, [0.2, None, 0.2]).failures == 2
+    kept = run(ERRORS, [0.2, 0.2, None])
+    assert (kept.outcome, kept.failures) == ("Inconclusive", 2)
+    assert "failures in a row so far: 2/3" in kept.message
+    assert run(ERRORS, [0.0, None]).passes == 1
+    # The message is the same from one failing result to the next once at the limit.
+    assert run(ERRORS, [0.2] * 3).view() == replace(run(ERRORS, [0.4] * 3)).view()
     state = run(ERRORS, [0.0, 0.2, 0.3])
     assert (state.outcome, state.since) == ("Failed", T0 + timedelta(seconds=10))
     assert "2/3 in a row" in state.message
@@ -282,7 +291,7 @@ def test_the_plan_asks_for_the_new_revision_and_reports_the_condition() -> None:
     spec = spec_with({"checks": [ERRORS.dump()]})
     first = plan.plan(ms(spec), plan.Observed(), T0)
     desired = first.status["desiredRevision"]
-    assert first.analysis_targets == (("primary", desired),)
+    assert first.analysis_targets == (("release", "primary", desired),)
     assert first.analysis_spec is not None and first.analysis_spec.checks[0].name == "error-ratio"
     cond = next(c for c in first.status["conditions"] if c["type"] == "Analysis")
     assert (cond["status"], cond["reason"]) == ("Unknown", "Analyzing")
@@ -310,7 +319,7 @@ def test_a_proven_primary_is_analysed_only_with_a_standby() -> None:
         p = plan.plan(obj, with_history(observed, p), T0)
         assert len(p.analysis_targets) == wanted, (standby, p.analysis_targets)
         if wanted:
-            assert p.analysis_targets == (("primary", rev),)
+            assert p.analysis_targets == (("primary", "primary", rev),)
 
 
 def test_removing_the_analysis_drops_its_condition_and_report() -> None:
@@ -386,3 +395,12 @@ def test_status_analysis_is_a_report_never_evidence() -> None:
     assert not p.rollbacks and "quarantinedRevision" not in p.status
     cond = next(c for c in p.status["conditions"] if c["type"] == "Analysis")
     assert (cond["status"], cond["reason"]) == ("Unknown", "Analyzing")
+
+
+def test_results_measured_with_an_older_definition_of_a_check_do_not_count() -> None:
+    """Lowering failureLimit from 5 to 3 with 3 failures on record rolls nothing back:
+    those were counted against the old definition."""
+    lenient = ERRORS.model_copy(update={"failure_limit": 5})
+    old = run(lenient, [0.2, 0.2, 0.2], spec=Analysis(checks=[lenient]))
+    v = verdict(ANALYSIS, [old], track="primary", revision=V2)
+    assert v.failed is None and v.waiting == ("error-ratio",)

@@ -237,3 +237,41 @@ def test_with_rollback_off_a_bad_canary_stays_at_its_step_and_is_never_promoted(
         degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
         assert (degraded["status"], degraded["reason"]) == ("True", "CrashLoop")
         obj["status"] = p.status
+
+
+def test_a_canary_longer_than_the_progress_deadline_is_promoted_not_rolled_back() -> None:
+    """The steps (2 x 200 s) outlast progressDeadlineSeconds (300 s): the primary's
+    deadline for the promoted revision starts at the promotion."""
+    spec = {
+        **V1,
+        "strategy": {"canary": {"steps": [{"replicas": 1, "pauseSeconds": 200}, {"replicas": 2}]}},
+    }
+    spec["strategy"]["canary"]["steps"][1]["pauseSeconds"] = 200
+    obj, observed = converged(spec)
+    obj["spec"] = {**spec, "image": "hello:2"}
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, observed, at(0))
+    v2 = p.status["desiredRevision"]
+    canary = applied(p, "shop-canary")
+    assert canary is not None
+    obj["status"] = p.status
+    observed = replace(
+        observed, canary=ready_deployment(canary, 1), pods=(*observed.pods, canary_pod("c1", v2))
+    )
+    p = plan.plan(obj, observed, at(201))
+    canary = applied(p, "shop-canary")
+    assert canary is not None and p.status["canary"]["step"] == "2/2"
+    obj["status"] = p.status
+    observed = replace(
+        observed,
+        canary=ready_deployment(canary, 2),
+        pods=(*observed.pods, canary_pod("c2", v2)),
+    )
+    p = plan.plan(obj, observed, at(402))
+    assert [e.reason for e in p.events] == ["CanaryPromoted"]
+    assert not p.rollbacks
+    obj["status"] = p.status
+    p = plan.plan(obj, observed, at(500))  # rolling out on the primary, 98 s after
+    assert not p.rollbacks and "quarantinedRevision" not in p.status
+    p = plan.plan(obj, observed, at(703))  # 301 s after the promotion: now it is late
+    assert p.rollbacks == ["ProgressDeadlineExceeded"]

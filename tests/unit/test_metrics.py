@@ -398,7 +398,7 @@ def test_analysis_results_by_outcome_and_forgotten_with_the_microservice(
     m.analysis_result("ns", "shop", "errors", "primary", "Inconclusive", None)
     m.analysis_result("ns", "shop", "errors", "primary", "Failed", 0.2)
     m.analysis_result("ns", "shop", "errors", "primary", "Failed", 0.3)
-    labels = {"namespace": "ns", "name": "shop", "check": "errors", "track": "primary"}
+    labels = {"namespace": "ns", "name": "shop", "check": "errors", "target": "primary"}
 
     def results(outcome: str) -> float | None:
         return value(m, "mso_analysis_results_total", **labels, outcome=outcome)

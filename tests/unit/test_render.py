@@ -571,7 +571,11 @@ def test_pdb_exclusive(availability: dict[str, Any], expected: dict[str, Any]) -
     pdb = render.build_pdb(OWNER, make(availability=availability))
     assert pdb is not None
     assert pdb["spec"] == {
-        "selector": {"matchLabels": render.selector_labels("shop", "primary")},
+        "selector": {
+            "matchLabels": render.selector_labels("shop", "primary"),
+            # A canary's pods (track primary too) do not use up the stable pods' budget.
+            "matchExpressions": [{"key": "mso.dev/canary", "operator": "DoesNotExist"}],
+        },
         **expected,
         "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
