@@ -267,9 +267,15 @@ def one_run(
     until(quarantined, 10, f"{ns} v2 quarantined for AnalysisFailed")
 
     seen = [q for q in recorder.queries(promql) if q.at <= t_back]
+    # The operator's rule: a pass ends a run of failures, a result without data
+    # (inconclusive) neither counts nor ends it.
     streak: list[Query] = []
     for q in seen:
-        streak = [*streak, q] if judge(model, q.measurement)[0] == "Failed" else []
+        outcome = judge(model, q.measurement)[0]
+        if outcome == "Failed":
+            streak = [*streak, q]
+        elif outcome == "Passed":
+            streak = []
     if len(streak) < cfg.limit:
         raise SystemExit(
             f"{ns}: rolled back after {len(streak)} failing queries in a row, "
