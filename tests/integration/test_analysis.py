@@ -280,8 +280,9 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
     c = cond(ms, "FailedOver")
     assert c is not None and c["status"] == "True", c
     assert "failing its analysis: error-ratio above the threshold 0.05" in c["message"], c
+    # (Under load the first release may have failed over while starting, too.)
     switched = events(kube_api, ns, "web", "FailedOver")
-    assert switched and "error-ratio" in switched[0].message
+    assert any("failing its analysis" in e.message for e in switched), switched
     assert ms["status"].get("lastKnownGoodRevision") == v1  # a proven release: no rollback
     assert cond(ms, "RolledBack") is None
 
