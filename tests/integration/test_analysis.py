@@ -24,7 +24,7 @@ from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess
 from tests.integration.prometheus import Prometheus
 from tests.integration.slo_exporter import SloExporter
-from tests.integration.test_failover import events
+from tests.integration.test_failover import events, wait_events
 from tests.integration.test_reconcile import apply_ms, cond, deployment, get_ms, wait_condition
 
 pytestmark = pytest.mark.integration
@@ -160,7 +160,7 @@ def test_a_release_failing_its_error_ratio_is_rolled_back_after_the_limit_never_
     exporter.set(ns, "web", "primary", v1, rps=20, error_ratio=0.0, latency_seconds=0.02)
     ms = proven(kube_api, ns, v1)
     assert cond(ms, "Progressing")["reason"] == "RolloutComplete"  # type: ignore[index]
-    assert events(kube_api, ns, "web", "RevisionHealthy")
+    assert wait_events(kube_api, ns, "web", "RevisionHealthy")
 
     # v2 answers every readiness probe but fails 40 % of its requests.
     apply_ms(kubeconfig, ns, web("hello:2"))
@@ -186,7 +186,7 @@ def test_a_release_failing_its_error_ratio_is_rolled_back_after_the_limit_never_
     assert first_failure["consecutiveFailures"] < LIMIT
     dep = deployment(kube_api, ns, "web")
     assert dep is not None and dep.spec.template.spec.containers[0].image == "hello:1"
-    rolled = events(kube_api, ns, "web", "RolledBack")
+    rolled = wait_events(kube_api, ns, "web", "RolledBack")
     assert rolled and "error-ratio" in rolled[0].message
     metrics = slo_operator.scrape()
     assert (
@@ -281,7 +281,11 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
     assert c is not None and c["status"] == "True", c
     assert "failing its analysis: error-ratio above the threshold 0.05" in c["message"], c
     # (Under load the first release may have failed over while starting, too.)
-    switched = events(kube_api, ns, "web", "FailedOver")
+    switched = wait_for(
+        lambda: [e for e in events(kube_api, ns, "web", "FailedOver") if "analysis" in e.message],
+        timeout=15,
+        message="the FailedOver Event",
+    )
     assert any("failing its analysis" in e.message for e in switched), switched
     assert ms["status"].get("lastKnownGoodRevision") == v1  # a proven release: no rollback
     assert cond(ms, "RolledBack") is None
@@ -347,6 +351,7 @@ def test_a_good_canary_is_promoted_through_every_step(
     assert images == {"hello:1"}  # the stable pods keep the last known good meanwhile
     wait_for(promoted, timeout=120, interval=0.2, message="v2 promoted and proven")
     assert steps == {"1/2": 1, "2/2": 2}, steps
+    wait_events(kube_api, ns, "web", "CanaryPromoted")
     reasons = [e.reason for e in events_all(kube_api, ns)]
     assert "CanaryStep" in reasons and "CanaryPromoted" in reasons
     wait_for(

@@ -84,6 +84,18 @@ def events(api: client.ApiClient, namespace: str, name: str, reason: str) -> lis
     )
 
 
+def wait_events(
+    api: client.ApiClient, namespace: str, name: str, reason: str, timeout: float = 15
+) -> list[Any]:
+    """The Events of that reason once there is one: an Event is posted after the act
+    and the status write it reports, so a test that saw either must wait for it."""
+    return wait_for(
+        lambda: events(api, namespace, name, reason),
+        timeout=timeout,
+        message=f"a {reason} Event of {namespace}/{name}",
+    )
+
+
 def test_bad_release_rolls_back_and_stays_rolled_back(
     kubeconfig: Path,
     kube_api: client.ApiClient,
@@ -222,7 +234,7 @@ def test_traffic_fails_over_to_the_standby_and_back(
     ms = get_ms(kube_api, namespace, "web")
     assert ms["status"]["activeTrack"] == "standby"
     assert cond(ms, "FailedOver")["status"] == "True"  # type: ignore[index]
-    assert events(kube_api, namespace, "web", "FailedOver")
+    assert wait_events(kube_api, namespace, "web", "FailedOver")
 
     # A flapping primary does not bring traffic back. Each flap waits until the API
     # server shows it (kwok can lag under load): a flap nobody saw is no flap.

@@ -16,7 +16,7 @@ from kubernetes import client
 from tests.integration.helpers import holds_for, wait_for
 from tests.integration.operator_fixtures import kubectl
 from tests.integration.operator_proc import OperatorProcess
-from tests.integration.test_failover import all_ready, events, hello, image_of
+from tests.integration.test_failover import all_ready, events, hello, image_of, wait_events
 from tests.integration.test_reconcile import apply_ms, cond, get_ms, wait_condition, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_an_image_that_cannot_be_pulled_is_rolled_back_after_the_grace(
     rb = cond(ms, "RolledBack")
     assert rb is not None and rb["reason"] == "ImagePullError"
     assert "ErrImagePull" in rb["message"] or "ImagePullBackOff" in rb["message"]
-    evs = events(kube_api, namespace, "web", "RolledBack")
+    evs = wait_events(kube_api, namespace, "web", "RolledBack")
     assert len(evs) == 1 and "hello:pullerror" in evs[0].message
     wait_for(lambda: image_of(kube_api, namespace, "web") == "hello:1", timeout=30)
     wait_for(

@@ -395,7 +395,12 @@ def test_a_stuck_single_replica_is_replaced_only_when_configured(
 
     if remediate:
         wait_for(gone, timeout=30, message="the stuck pod deleted")
-        assert events(kube_api, namespace, "web", "PodRemediated")
+        # The Event is posted after the deletion it reports (and the status write).
+        wait_for(
+            lambda: events(kube_api, namespace, "web", "PodRemediated"),
+            timeout=15,
+            message="the PodRemediated Event",
+        )
         wait_ready(kube_api, namespace, "web", timeout=60)
     else:
         holds_for(8, lambda: not gone() or pytest.fail("deleted"), interval=0.5)
