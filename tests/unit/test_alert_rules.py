@@ -239,11 +239,14 @@ def test_dashboard_structure() -> None:
         "Rollbacks",
         "Reconcile latency",
         "Reconciles and errors",
+        "Analysis results",
+        "Canary step",
     } <= titles
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            if "mso_microservice" in target["expr"] or "mso_failovers" in target["expr"]:
+            per_ms = ("mso_microservice", "mso_failovers", "mso_analysis", "mso_canary")
+            if any(m in target["expr"] for m in per_ms):
                 assert 'namespace=~"$namespace"' in target["expr"], panel["title"]
                 assert 'name=~"$name"' in target["expr"], panel["title"]
     latency = " ".join(dashboard_exprs())
