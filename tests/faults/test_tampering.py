@@ -101,10 +101,12 @@ def test_wiped_status_while_failed_over_keeps_traffic_on_the_standby(
     local_cluster: object,
 ) -> None:
     fleet.add("op", "--namespace", namespace).start()
-    apply_all(kubeconfig, namespace, [web("hello:1", standby={"replicas": 1})])
+    # Two warm standby pods: enough to take the traffic of three at once, so the switch
+    # does not wait for new pods to start (slow under a loaded kwok).
+    apply_all(kubeconfig, namespace, [web("hello:1", standby={"replicas": 2})])
     wait_for(
         lambda: all_ready(
-            kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=standby", 1
+            kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=standby", 2
         ),
         timeout=60,
         message="warm standby",
@@ -122,7 +124,11 @@ def test_wiped_status_while_failed_over_keeps_traffic_on_the_standby(
         for p in pods(kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=primary")
     ]
     set_ready(kube_api, namespace, primary[:2], False)
-    wait_for(lambda: selector_track(kube_api, namespace) == "standby", timeout=40)
+    wait_for(
+        lambda: selector_track(kube_api, namespace) == "standby",
+        timeout=60,
+        message="traffic on the standby",
+    )
 
     wipe_status(kubeconfig, namespace)
 
