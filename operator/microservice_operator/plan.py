@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from . import analysis, conditions, failover, health, history, render
 from .api import (
     Analysis,
+    Canary,
     CanaryStatus,
     FailoverState,
     MicroServiceSpec,
@@ -671,11 +672,8 @@ def _revision_phase(r: _Reconcile) -> _Revision:
         # the stable pods keep the last known good.
         held = _canary_hold(r, canary[0], decision.message)
         decision = dataclasses.replace(decision, revision=good.revision, render_from=good)
-    if decision.rolled_back and r.state.canary_revision is not None:
-        # The canary failed: it is over (its Deployment goes in this reconcile).
-        r.state = r.state.model_copy(
-            update={"canary_revision": None, "canary_step": None, "canary_step_since": None}
-        )
+    if decision.rolled_back:
+        _end_canary(r)  # a failed canary is over (its Deployment goes in this reconcile)
     source_spec: MicroServiceSpec | None = None
     rolled_back = decision.rolled_back and decision.render_from is not None
     if (rolled_back or held is not None) and decision.render_from is not None:
@@ -732,20 +730,29 @@ def _revision_phase(r: _Reconcile) -> _Revision:
     )
 
 
+def _canary_spec(r: _Reconcile) -> Canary | None:
+    return r.spec.strategy.canary if r.spec.strategy else None
+
+
+def _end_canary(r: _Reconcile) -> None:
+    """Forget a canary release's steps (no write when there were none)."""
+    if r.state.canary_revision is not None:
+        r.state = r.state.model_copy(
+            update={"canary_revision": None, "canary_step": None, "canary_step_since": None}
+        )
+
+
 def _canary_phase(
     r: _Reconcile, desired: str, target: str, checks: analysis.Verdict | None
 ) -> tuple[int, health.Health] | None:
     """(step, health of the canary pods) while ``desired`` is released as a canary:
     spec.strategy.canary is set, a last known good of another revision exists, the
     revision is not quarantined and not yet promoted."""
-    canary = r.spec.strategy.canary if r.spec.strategy else None
+    canary = _canary_spec(r)
     good = r.records.last_known_good
     state = r.state
     if canary is None or good is None or good.revision == desired or target != desired:
-        if state.canary_revision is not None:  # over: proven, quarantined or withdrawn
-            r.state = state.model_copy(
-                update={"canary_revision": None, "canary_step": None, "canary_step_since": None}
-            )
+        _end_canary(r)  # over: proven, quarantined or withdrawn
         return None
     same = state.canary_revision == desired and state.canary_step is not None
     step = state.canary_step if same and state.canary_step is not None else 0
@@ -781,7 +788,7 @@ def _canary_base(r: _Reconcile) -> int:
 
 def _canary_hold(r: _Reconcile, step: int, message: str) -> failover.CanaryDecision:
     """The canary kept at its current step."""
-    canary = r.spec.strategy.canary if r.spec.strategy else None
+    canary = _canary_spec(r)
     assert canary is not None
     since = _parse_time(r.state.canary_step_since) or r.now
     size = failover.canary_replicas(canary.steps[step], _canary_base(r))
@@ -796,7 +803,7 @@ def _canary_step(
     checks: analysis.Verdict | None,
 ) -> failover.CanaryDecision | None:
     """Advance the canary; None once promoted (in this reconcile)."""
-    canary = r.spec.strategy.canary if r.spec.strategy else None
+    canary = _canary_spec(r)
     assert canary is not None
     since = _parse_time(r.state.canary_step_since) or r.now
     decided = failover.decide_canary(
@@ -1024,7 +1031,7 @@ def _children_phase(r: _Reconcile, rev: _Revision, track: failover.TrackDecision
 
 def _canary_status(r: _Reconcile, rev: _Revision) -> CanaryStatus | None:
     """status.canary while a canary release is held at a step."""
-    canary = r.spec.strategy.canary if r.spec.strategy else None
+    canary = _canary_spec(r)
     held = rev.canary
     if held is None or held.replicas is None or canary is None:
         return None

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import end_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "manifests" / "prometheus" / "rules.yaml"
@@ -222,13 +222,7 @@ class Prometheus:
 
     def _terminate(self) -> None:
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=15)
+            end_process(self._proc)
             self._proc = None
         if self._log is not None:
             self._log.close()

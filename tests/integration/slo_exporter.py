@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import end_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -376,13 +376,7 @@ class SloExporter:
         if self._proc is not None:
             if self._proc.stdin is not None:
                 self._proc.stdin.close()
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=10)
+            end_process(self._proc, timeout=10)
             self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

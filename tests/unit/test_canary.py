@@ -275,3 +275,29 @@ def test_a_canary_longer_than_the_progress_deadline_is_promoted_not_rolled_back(
     assert not p.rollbacks and "quarantinedRevision" not in p.status
     p = plan.plan(obj, observed, at(703))  # 301 s after the promotion: now it is late
     assert p.rollbacks == ["ProgressDeadlineExceeded"]
+
+
+def test_a_wiped_status_mid_canary_starts_the_steps_again_and_never_promotes() -> None:
+    """The step is kept in status.failoverState, which anyone who may patch status can
+    wipe: the canary then starts again at step 1 (slower, never sooner), and the
+    stable pods keep the last known good, which lives in a ControllerRevision."""
+    obj, observed = converged(V1)
+    v1 = obj["status"]["lastKnownGoodRevision"]
+    obj["spec"] = {**V1, "image": "hello:2"}
+    obj["metadata"]["generation"] = 2
+    p = plan.plan(obj, observed, at(0))
+    v2 = p.status["desiredRevision"]
+    canary = applied(p, "shop-canary")
+    assert canary is not None
+    obj["status"] = p.status
+    observed = replace(
+        observed, canary=ready_deployment(canary, 1), pods=(*observed.pods, canary_pod("c1", v2))
+    )
+    p = plan.plan(obj, observed, at(31))
+    assert p.status["canary"]["step"] == "2/2"
+    obj["status"] = {}  # wiped
+    p = plan.plan(obj, observed, at(32))
+    assert p.status["canary"]["step"] == "1/2"
+    assert applied(p, "shop") is None  # not promoted: the primary stays on v1
+    assert p.status["lastKnownGoodRevision"] == v1
+    assert not p.rollbacks
