@@ -253,6 +253,16 @@ def test_traffic_fails_over_to_the_standby_and_back(
         assert selector().get("mso.dev/track") == "standby"
         set_ready(kube_api, namespace, primary[:2], False)
         wait_for(lambda: primary_ready(1), timeout=30, message="primary sick again")
+        # ... and until the operator saw it too: its healthy timer stops.
+        wait_for(
+            lambda: (
+                not (get_ms(kube_api, namespace, "web")["status"].get("failoverState") or {}).get(
+                    "healthySince"
+                )
+            ),
+            timeout=30,
+            message="the operator saw the primary sick again",
+        )
         time.sleep(2)
         assert selector().get("mso.dev/track") == "standby"
 
