@@ -9,12 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import kopf
-from kubernetes.config import ConfigException
-
 from . import settings as settings_mod
-from .kube import load_api_client
-from .metrics import OperatorMetrics
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,11 +44,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # once and /readyz keeps saying; a probe hit is no news either.
         logging.getLogger("kopf._core.reactor.observation").setLevel(logging.CRITICAL)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    from . import handlers  # noqa: F401, PLC0415  (registers the kopf handlers on import)
+    # kopf loads the official client library whenever it is installed (for its
+    # helpers that take the library's objects, which the operator does not use): 14 MiB
+    # and 0.3 s per process for nothing. The operator's requests go through kube.py.
+    if "kubernetes" not in sys.modules:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]
+    import kopf  # noqa: PLC0415
+
+    # handlers registers the kopf handlers on import.
+    from . import connection, handlers  # noqa: F401, PLC0415
+    from .metrics import OperatorMetrics  # noqa: PLC0415
 
     try:
-        api_client = load_api_client()
-    except ConfigException as exc:
+        credentials = connection.load()
+    except connection.ConfigError as exc:
         logging.getLogger("microservice_operator").critical(
             "No Kubernetes configuration (%s): set KUBECONFIG, or run in a cluster with a "
             "ServiceAccount",
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = OperatorMetrics()
     server = metrics.serve(settings.metrics_port) if settings.metrics_port else None
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    memo = kopf.Memo(settings=settings, metrics=metrics, server=server, api_client=api_client)
+    memo = kopf.Memo(settings=settings, metrics=metrics, server=server, credentials=credentials)
     try:
         asyncio.run(
             kopf.operator(

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
-
-from kubernetes.utils import parse_quantity
 
 from .lru import LRU
 from .settings import FIELD_MANAGER
@@ -38,10 +38,40 @@ def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<binary>[KMGTPE]i)|(?P<exponent>[eE][+-]?[0-9]+)|(?P<decimal>[numkMGTPE]?))"
+)
+_DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_BINARY_SI = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+
+
+def parse_quantity(value: object) -> Decimal:
+    """A resource quantity's exact value, by the API's grammar ("500m", "1.5Gi",
+    "1e3", 2): ``<signed number><Ki|Mi|..|Ei, n|u|m||k|M|..|E, or e<exponent>>``.
+    Raises ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a quantity: {value!r}")
+    if isinstance(value, int | float | Decimal):
+        return Decimal(value)
+    match = _QUANTITY.fullmatch(str(value).strip())
+    if match is None:
+        raise ValueError(f"not a quantity: {value!r}")
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation as exc:
+        raise ValueError(f"not a quantity: {value!r}") from exc
+    if match["binary"]:
+        return number * Decimal(2 ** _BINARY_SI[match["binary"]])
+    if match["exponent"]:
+        return number.scaleb(int(match["exponent"][1:]))
+    return number.scaleb(_DECIMAL_SI[match["decimal"] or ""])
+
+
 def _quantity_equal(a: object, b: object) -> bool:
     try:
-        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError):
+        return parse_quantity(a) == parse_quantity(b)
+    except ValueError:
         return False
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import kopf
 
-from . import __version__
+from . import __version__, connection
 from .controller import Controller
-from .kube import Kube, counted_session, load_api_client
+from .kube import Kube, Transport, counted_session
 from .metrics import OperatorMetrics
 from .settings import Settings
 
@@ -45,14 +45,29 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.login()
 async def login(
-    memo: kopf.Memo, logger: kopf.Logger, settings: kopf.OperatorSettings, **_: Any
+    memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any
 ) -> kopf.AiohttpSession | None:
-    """kopf's own connection, as kopf would make it, but counted: every request the
-    process sends (kopf's few start-up discovery reads included) shows in
-    ``mso_kube_requests_total``, so the benchmarks compare complete figures."""
-    info = kopf.login_via_client(logger=logger, settings=settings)
-    if info is None:
-        return None
+    """kopf's own connection, from the same credentials as the operator's transport
+    (:mod:`connection`), and counted: every request the process sends (kopf's few
+    start-up discovery reads included) shows in ``mso_kube_requests_total``, so the
+    benchmarks compare complete figures."""
+    creds: connection.Credentials = memo.get("credentials") or connection.load()
+    creds.refresh()
+    info = kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_file,
+        ca_data=creds.ca_data,
+        insecure=creds.insecure,
+        certificate_path=creds.cert_file,
+        private_key_path=creds.key_file,
+        token=creds.token,
+        username=creds.username,
+        password=creds.password,
+        default_namespace=creds.default_namespace,
+        proxy_url=creds.proxy_url,
+        expiration=creds.expiration,
+        trust_env=settings.networking.trust_env,
+    )
     metrics: OperatorMetrics = memo["metrics"]
     return counted_session(
         info, metrics.kube_request, user_agent=f"microservice-operator/{__version__}"
@@ -68,7 +83,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     metrics: OperatorMetrics = memo["metrics"]
     kube = Kube(
-        memo.get("api_client") or load_api_client(),
+        Transport(memo.get("credentials") or connection.load()),
         on_request=metrics.kube_request,
         user_agent=f"microservice-operator/{__version__} ({ours.identity})",
     )

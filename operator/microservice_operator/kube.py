@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +20,8 @@ from typing import Any
 import aiohttp
 import kopf
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
+from .connection import ConfigError, Credentials
 from .settings import FIELD_MANAGER, HANDOFF_FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -264,23 +264,90 @@ def _error_from(status: int, raw: bytes | None) -> KubeError:
     return KubeError(status, reason, message)
 
 
-def load_api_client() -> client.ApiClient:
-    """An API client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    cfg = client.Configuration.get_default_copy()
-    # Enough connections for the reconcile workers, the watches and the elector.
-    cfg.connection_pool_maxsize = 32
-    # No retries inside the client: every failure reaches the caller at once as a
-    # KubeError, and the caller decides (informers and workers back off, the elector
-    # must see a failure within its renew deadline, and a write must not be re-sent
-    # after the time its guard allowed).
-    cfg.retries = urllib3.Retry(
-        total=0, connect=0, read=0, redirect=0, status=0, other=0, raise_on_status=False
-    )
-    return client.ApiClient(cfg)
+class Transport:
+    """HTTP(S) to the API server: a urllib3 connection pool with the credentials'
+    TLS settings and a fresh Authorization header on every request.
+
+    No retries inside: every failure reaches the caller at once as a KubeError, and
+    the caller decides (informers and workers back off, the elector must see a
+    failure within its renew deadline, and a write must not be re-sent after the
+    time its guard allowed). A 401 renews the credentials (a rotated token file, an
+    expired exec credential) for the next attempt.
+    """
+
+    def __init__(self, credentials: Credentials, *, maxsize: int = 32) -> None:
+        self.credentials = credentials
+        self.server = credentials.server
+        self.user_agent = "microservice-operator"
+        self._maxsize = maxsize
+        self._lock = threading.Lock()
+        self._cert: str | None = None
+        self._pool: urllib3.PoolManager | None = None
+
+    def pool(self) -> urllib3.PoolManager:
+        """The connection pool, rebuilt when an exec plugin issued a new client
+        certificate."""
+        with self._lock:
+            creds = self.credentials
+            if self._pool is None or self._cert != creds.cert_file:
+                kw: dict[str, Any] = {
+                    "num_pools": 4,
+                    # Enough connections for the reconcile workers, the watches and
+                    # the elector.
+                    "maxsize": self._maxsize,
+                    "retries": False,
+                    "ssl_context": creds.ssl_context(),
+                }
+                if creds.insecure:
+                    kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
+                if creds.tls_server_name:
+                    kw["server_hostname"] = creds.tls_server_name
+                old = self._pool
+                self._pool = (
+                    urllib3.ProxyManager(creds.proxy_url, **kw)
+                    if creds.proxy_url
+                    else urllib3.PoolManager(**kw)
+                )
+                self._cert = creds.cert_file
+                if old is not None:
+                    old.clear()
+            return self._pool
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float | tuple[float, float],
+    ) -> urllib3.BaseHTTPResponse:
+        """Send one request; the response's body is not read yet (the caller reads it,
+        or streams it for a watch)."""
+        url = self.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        to = (
+            urllib3.Timeout(connect=timeout[0], read=timeout[1])
+            if isinstance(timeout, tuple)
+            else urllib3.Timeout(total=timeout)
+        )
+        resp = self.pool().request(
+            method,
+            url,
+            body=body,
+            headers={**headers, **self.credentials.headers(), "User-Agent": self.user_agent},
+            timeout=to,
+            preload_content=False,
+            redirect=False,
+        )
+        if resp.status == 401:
+            try:
+                self.credentials.refresh(force=True)
+            except Exception as exc:  # the 401 is what the caller sees
+                log.warning("Could not renew the API credentials after a 401: %s", exc)
+        return resp
 
 
 class Kube:
@@ -288,18 +355,18 @@ class Kube:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        transport: Transport,
         on_request: RequestHook | None = None,
         *,
         user_agent: str | None = None,
         write_guard: WriteGuard | None = None,
     ) -> None:
-        self.api = api
+        self.transport = transport
         self._on_request = on_request
         self.write_guard = write_guard
         if user_agent:
             # Names the replica in the API server's audit log and request metrics.
-            self.api.user_agent = user_agent
+            self.transport.user_agent = user_agent
 
     def _count(self, verb: str, resource: Resource, code: str) -> None:
         if self._on_request is not None:
@@ -328,10 +395,12 @@ class Kube:
         resp = self._send(verb, resource, method, path, body, query, content_type, timeout)
         code = str(resp.status)
         try:
-            raw = resp.read()
+            raw = resp.data
         except TRANSPORT_ERRORS as exc:
             self._count(verb, resource, "error")
             raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            resp.release_conn()
         self._count(verb, resource, code)
         if resp.status >= 400:
             raise _error_from(resp.status, raw)
@@ -348,32 +417,26 @@ class Kube:
         query: list[tuple[str, Any]] | None,
         content_type: str,
         timeout: float | tuple[float, float],
-    ) -> Any:
+    ) -> urllib3.BaseHTTPResponse:
         """Send one request; transport failures become KubeError(0, "TransportError")
         so that every caller (the elector, informers, workers) handles them like API
         errors instead of dying on urllib3's exceptions."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            method, url, headers, _, _ = self.api.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                auth_settings=["BearerToken"],
+            return self.transport.request(
+                method,
+                path,
+                query or [],
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+                body=data,
+                timeout=timeout,
             )
-            # The client JSON-encodes bodies of JSON content types itself; an apply
-            # patch (YAML content type) must be passed already serialised.
-            data: Any = body
-            if body is not None and "json" not in content_type:
-                data = json.dumps(body)
-            return self.api.call_api(
-                method, url, header_params=headers, body=data, _request_timeout=timeout
-            )
-        except ApiException as exc:
-            self._count(verb, resource, str(exc.status or "error"))
-            raise KubeError(int(exc.status or 0), str(exc.reason or "Error"), str(exc)) from exc
         except TRANSPORT_ERRORS as exc:
             self._count(verb, resource, "error")
             raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
+        except ConfigError as exc:  # a token file or exec plugin failed: retried like I/O
+            self._count(verb, resource, "error")
+            raise KubeError(0, "CredentialsError", str(exc)) from exc
 
     # ----------------------------------------------------------------- reads
     def get(
@@ -468,13 +531,15 @@ class Kube:
         )
         if resp.status >= 400:
             try:
-                raw = resp.read()
+                raw = resp.data
             except TRANSPORT_ERRORS:
                 raw = b""
+            finally:
+                resp.release_conn()
             self._count("watch", resource, str(resp.status))
             raise _error_from(resp.status, raw)
         self._count("watch", resource, str(resp.status))
-        stream = resp.response
+        stream = resp
         buf = b""
         try:
             for chunk in stream.stream(65536, decode_content=True):
