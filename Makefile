@@ -62,11 +62,18 @@ image: ## Build the operator image with podman, no Docker engine needed (tools/i
 
 # Tests run in TEST_WORKERS processes against one control plane (pytest-xdist; each
 # process's operators watch only its own namespaces, see tests/integration/fixtures.py),
-# the slow directories first so that short unit tests fill the end. Modules that must
-# stay in one process say so with an xdist_group mark. Tests marked `serial` change the
-# control plane for everyone (restart it, replace the CRD) and run afterwards, alone.
-TEST_WORKERS ?= 4
+# the slowest first (by the durations the last run recorded, tests/conftest.py) so that
+# short tests fill the end. Modules that must stay in one process say so with an
+# xdist_group mark. Tests marked `serial` change the control plane for everyone
+# (restart it, replace the CRD): `make test` runs them at the same time on a second,
+# private control plane (SERIAL_CLUSTER: its own state directory and ports), where
+# they are alone; they mostly wait on restarts, so they cost the run little.
+TEST_WORKERS ?= 6
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+SERIAL_CLUSTER = MSO_LOCALCLUSTER_DIR=$(CURDIR)/.localcluster-serial MSO_ETCD_PORT=17379 \
+	MSO_ETCD_PEER_PORT=17380 MSO_APISERVER_PORT=17443 MSO_CONTROLLER_MANAGER_PORT=17257 \
+	MSO_SCHEDULER_PORT=17259 MSO_KWOK_PORT=17250 MSO_METRICS_SERVER_PORT=17451
+SERIAL_LOG = .localcluster-serial.log
 
 unit: venv tools ## Unit tests (pure logic, no cluster)
 	$(BIN)/pytest tests/unit
@@ -79,14 +86,26 @@ faults: venv tools ## Fault-injection suite (kills, control-plane restarts, netw
 	$(PYTEST_PARALLEL) -m "not serial" tests/faults
 	$(BIN)/pytest -m serial tests/faults
 
-# One control plane for both phases: started by the first if it is not up, kept for
-# the second, stopped at the end unless it was up before (or MSO_KEEP_CLUSTER=1).
+# The shared control plane: started by the parallel run if it is not up, stopped at
+# the end unless it was up before (or MSO_KEEP_CLUSTER=1). The serial tests' private
+# one is started and stopped by their own session. Against a cluster of your own
+# (KUBECONFIG set) there is no second one, so the serial tests run afterwards.
 test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
 	@up=0; [ -n "$$KUBECONFIG" ] || ! $(LOCALCLUSTER) status >/dev/null 2>&1 || up=1; rc=0; \
+	serial=""; \
+	if [ -z "$$KUBECONFIG" ]; then \
+		$(LOCALCLUSTER) build || exit 1; \
+		( $(SERIAL_CLUSTER) $(BIN)/pytest -m serial tests/integration tests/faults \
+			> $(SERIAL_LOG) 2>&1 ) & serial=$$!; fi; \
 	MSO_KEEP_CLUSTER=1 $(PYTEST_PARALLEL) -m "not serial" tests/faults tests/integration tests/unit \
 		|| rc=$$?; \
-	[ $$rc -ne 0 ] || MSO_KEEP_CLUSTER=1 $(BIN)/pytest -m serial tests/integration tests/faults \
-		|| rc=$$?; \
+	if [ -n "$$serial" ]; then \
+		wait $$serial || { [ $$rc -ne 0 ] || rc=1; }; \
+		echo "--- tests marked serial, on a private control plane ($(SERIAL_LOG)):"; \
+		cat $(SERIAL_LOG); \
+	elif [ $$rc -eq 0 ]; then \
+		MSO_KEEP_CLUSTER=1 $(BIN)/pytest -m serial tests/integration tests/faults || rc=$$?; \
+	fi; \
 	if [ $$up -eq 0 ] && [ -z "$$KUBECONFIG" ] && [ "$$MSO_KEEP_CLUSTER" != 1 ]; then \
 		$(LOCALCLUSTER) down; fi; \
 	exit $$rc

@@ -20,7 +20,13 @@ their own operators (kills, their own fault proxies, their own namespace's statu
 and admission policies) and run in parallel like the rest."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+DURATIONS = "mso/durations"
+"""pytest's cache key of each test's last seconds (setup + call + teardown)."""
+UNKNOWN_SECONDS = {"integration": 30.0, "faults": 30.0}
+"""The guess for a test not timed yet: a new cluster test is likely slow."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.path))
         for mark, directory in MARKS.items():
@@ -28,6 +34,57 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, mark))
         if any(path.is_relative_to(d) for d in SERIAL):
             item.add_marker(pytest.mark.serial)
+    # Longest first (the LPT rule): parallel test processes are handed tests in this
+    # order, so a 3-minute test starts at the beginning, not as the last one, and the
+    # short ones fill the end. Every xdist worker reads the same cache, so all collect
+    # the same order. Without timings (a fresh clone) the order stays as collected.
+    known: dict[str, float] = config.cache.get(DURATIONS, {}) if config.cache else {}
+    if known:
+
+        def guess(item: pytest.Item) -> float:
+            if plain_nodeid(item.nodeid) in known:
+                return known[plain_nodeid(item.nodeid)]
+            return max(
+                (s for m, s in UNKNOWN_SECONDS.items() if item.get_closest_marker(m)), default=0.0
+            )
+
+        items.sort(key=lambda item: -guess(item))
+
+
+_TIMES = pytest.StashKey[dict[str, float]]()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Time each test (on the process that reports results: xdist's controller)."""
+    times = _SESSION_CONFIG[0].stash.setdefault(_TIMES, {}) if _SESSION_CONFIG else None
+    if times is not None:
+        nodeid = plain_nodeid(report.nodeid)
+        times[nodeid] = times.get(nodeid, 0.0) + report.duration
+
+
+def plain_nodeid(nodeid: str) -> str:
+    """A test's id without the "@<group>" xdist adds to a grouped test's."""
+    head, at, group = nodeid.rpartition("@")
+    return head if at and "]" not in group and "::" not in group else nodeid
+
+
+_SESSION_CONFIG: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Only a parallel run's controller records timings: they order parallel runs, and
+    # a concurrent serial session must not overwrite them.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        _SESSION_CONFIG.append(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config in _SESSION_CONFIG and config.cache is not None:
+        times = config.stash.get(_TIMES, {})
+        if times:
+            merged = {**config.cache.get(DURATIONS, {}), **times}
+            config.cache.set(DURATIONS, {k: round(v, 2) for k, v in merged.items()})
+        _SESSION_CONFIG.remove(config)
 
 
 # Cluster fixtures shared by tests/integration and tests/faults (see the module).
