@@ -38,7 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # order, so a 3-minute test starts at the beginning, not as the last one, and the
     # short ones fill the end. Every xdist worker reads the same cache, so all collect
     # the same order. Without timings (a fresh clone) the order stays as collected.
-    known: dict[str, float] = config.cache.get(DURATIONS, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    known: dict[str, float] = cache.get(DURATIONS, {}) if cache is not None else {}
     if known:
 
         def guess(item: pytest.Item) -> float:
@@ -79,7 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if config in _SESSION_CONFIG and config.cache is not None:
+    if config in _SESSION_CONFIG and getattr(config, "cache", None) is not None:
         times = config.stash.get(_TIMES, {})
         if times:
             merged = {**config.cache.get(DURATIONS, {}), **times}

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .health import REVISION_ANNOTATION
-from .kube import Kube, KubeError, Resource
+from .kube import Kube, KubeError, Resource, share
 from .settings import FIELD_MANAGER
 
 log = logging.getLogger("microservice_operator")
@@ -133,9 +133,7 @@ class Store:
         already seen past it: then an object missing from the store was deleted in
         between (and its deletion may even predate a relist), so a late answer must not
         bring it back."""
-        trim = TRIMS.get(kind)
-        if trim is not None:
-            obj = trim(obj)
+        obj = prepare(kind, obj)
         i = ident(obj)
         rv = resource_version(obj)
         with self._lock:
@@ -372,6 +370,13 @@ TRIMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 the caches are the process's memory."""
 
 
+def prepare(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as the cache keeps it: trimmed, its strings shared (in place)."""
+    trim = TRIMS.get(kind)
+    shared: dict[str, Any] = share(trim(obj) if trim is not None else obj)
+    return shared
+
+
 class Informer:
     """LIST then WATCH one kind into the store, forever, in its own thread.
 
@@ -477,9 +482,7 @@ class Informer:
         objs, list_rv = self.kube.list_with_version(
             self.resource, self.namespace, label_selector=self.label_selector
         )
-        trim = TRIMS.get(self.kind)
-        if trim is not None:
-            objs = [trim(o) for o in objs]
+        objs = [prepare(self.kind, o) for o in objs]
         changed = self.store.replace(self.kind, objs, list_rv, namespace=self.namespace)
         if self.synced.is_set():
             self.relists += 1
@@ -526,9 +529,7 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.kind)
-            trim = TRIMS.get(self.kind)
-            if trim is not None:
-                trim(obj)
+            prepare(self.kind, obj)
             if etype == "DELETED":
                 stored = self.store.delete(self.kind, obj)
                 changed = [stored or obj]

@@ -169,38 +169,53 @@ def counted_session(
     )
 
 
-_KEYS: dict[str, str] = {}
-_MAX_KEYS = 100_000
+_STRINGS: dict[str, str] = {}
+_MAX_STRINGS = 200_000
+_UNIQUE_VALUES = frozenset({"resourceVersion", "uid", "podIP", "hostIP"})
+"""Keys whose values no two objects share: not worth a table entry."""
 
 
-def _shared_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are shared with every other decoded object's.
+def share(obj: Any, key: str = "") -> Any:
+    """``obj`` with its keys and short string values replaced by one shared copy each
+    (in place for dicts and lists; returns it).
 
     The caches hold thousands of objects decoded one watch event at a time, and
-    ``json`` shares equal keys only within one document: a third of a cached object's
-    memory was its own copies of "metadata", "name", "resourceVersion"... The table
-    is bounded (rare keys such as ownerReference fields of deleted objects must not
-    pile up); a key past the bound is simply kept as decoded.
+    ``json`` shares nothing between documents: every pod had its own "metadata",
+    "Ready", "True", its MicroService's name in five labels, its node's name... Applied
+    to objects after they are trimmed, so the walk is short. The table is bounded (a
+    string past the bound is kept as decoded); values no two objects share
+    (resourceVersion, uid, IPs) and long ones (hashes, messages) never enter it.
     """
-    keys = _KEYS
-    if len(keys) < _MAX_KEYS:
-        return {keys.setdefault(k, k) if _shareable(k) else k: v for k, v in pairs}
-    return {keys.get(k, k): v for k, v in pairs}
+    table = _STRINGS
+    full = len(table) >= _MAX_STRINGS
+    if isinstance(obj, dict):
+        items = list(obj.items())
+        obj.clear()
+        for k, v in items:
+            value = v
+            if isinstance(v, str):
+                if len(v) <= 64 and k not in _UNIQUE_VALUES:
+                    value = table.get(v, v) if full else table.setdefault(v, v)
+            elif isinstance(v, dict | list):
+                share(v, k)
+            name = k
+            if len(k) <= 64 and not k.startswith(("k:", "v:")):
+                name = table.get(k, k) if full else table.setdefault(k, k)
+            obj[name] = value
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            if isinstance(v, str):
+                if len(v) <= 64 and key not in _UNIQUE_VALUES:
+                    obj[i] = table.get(v, v) if full else table.setdefault(v, v)
+            elif isinstance(v, dict | list):
+                share(v, key)
+    return obj
 
 
-def _shareable(key: str) -> bool:
-    """Keys that recur: not managedFields' per-object keys (``k:{"uid":...}``,
-    ``v:...``), not long ones (annotation values turned keys, hashes)."""
-    return len(key) <= 64 and not key.startswith(("k:", "v:"))
-
-
-def decode(raw: bytes | str, *, share_keys: bool = True) -> Any:
-    """JSON as the API server sent it, keys shared between objects (:func:`_shared_keys`)
-    unless ``share_keys`` is False (pods: their cache entries are rebuilt by the trim
-    with constant keys, so sharing would only cost time)."""
-    if not share_keys:
-        return json.loads(raw)
-    return json.loads(raw, object_pairs_hook=_shared_keys)
+def decode(raw: bytes | str) -> Any:
+    """JSON as the API server sent it (the caches keep it trimmed, then shared:
+    :func:`share`)."""
+    return json.loads(raw)
 
 
 class KubeError(Exception):
@@ -547,7 +562,7 @@ class Kube:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
-                        yield decode(line, share_keys=resource is not PODS)
+                        yield decode(line)
         except TRANSPORT_ERRORS as exc:
             raise KubeError(0, "TransportError", f"{type(exc).__name__}: {exc}") from exc
         finally:

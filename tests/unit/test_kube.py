@@ -14,6 +14,7 @@ from microservice_operator.kube import (
     counted_session,
     decode,
     request_labels,
+    share,
 )
 
 
@@ -79,15 +80,22 @@ def test_request_labels_name_kopfs_requests(method: str, url: str, labels: tuple
     assert request_labels(method, url) == labels
 
 
-def test_decoded_objects_share_their_keys() -> None:
-    """Cached objects arrive one watch event at a time; equal keys are one string."""
-    a = decode(b'{"metadata": {"name": "a", "resourceVersion": "1"}}')
-    b = decode('{"metadata": {"name": "b", "resourceVersion": "2"}}')
-    assert a == {"metadata": {"name": "a", "resourceVersion": "1"}}
-    (ka,) = a
-    (kb,) = b
-    assert ka is kb
-    assert [k for k in a["metadata"]][1] is [k for k in b["metadata"]][1]
+def test_cached_objects_share_their_keys_and_short_values() -> None:
+    """Cached objects arrive one watch event at a time; equal keys and recurring values
+    are one string, not one per object."""
+    raw = '{"metadata": {"name": "%s", "resourceVersion": "%s", "labels": {"app": "web"}}, '
+    raw += '"status": {"conditions": [{"type": "Ready", "status": "True"}], "m": "%s"}}'
+    long = "x" * 100
+    a = share(decode(raw % ("a", "17", long)))
+    b = share(decode((raw % ("b", "17", long)).encode()))
+    assert a["metadata"] == {"name": "a", "resourceVersion": "17", "labels": {"app": "web"}}
+    assert next(iter(a)) is next(iter(b))
+    assert a["metadata"]["labels"]["app"] is b["metadata"]["labels"]["app"]
+    ca, cb = a["status"]["conditions"][0], b["status"]["conditions"][0]
+    assert ca["type"] is cb["type"] and ca["status"] is cb["status"]
+    # Never the same twice (not worth a table entry), or long: kept as decoded.
+    assert a["metadata"]["resourceVersion"] is not b["metadata"]["resourceVersion"]
+    assert a["status"]["m"] is not b["status"]["m"]
 
 
 def test_kopfs_session_reports_each_request() -> None:
