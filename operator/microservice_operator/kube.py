@@ -555,12 +555,13 @@ class Kube:
             raise _error_from(resp.status, raw)
         self._count("watch", resource, str(resp.status))
         stream = resp
-        buf = b""
+        rest = b""
         try:
             for chunk in stream.stream(65536, decode_content=True):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
+                # One split per chunk: a chunk holds many events when they come fast.
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
                     if line.strip():
                         yield decode(line)
         except TRANSPORT_ERRORS as exc:
