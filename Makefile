@@ -96,7 +96,8 @@ test: lint typecheck tools ## Lint, type check, unit, integration and fault-inje
 	if [ -z "$$KUBECONFIG" ]; then \
 		$(LOCALCLUSTER) build || exit 1; \
 		( $(SERIAL_CLUSTER) $(BIN)/pytest -m serial tests/integration tests/faults \
-			> $(SERIAL_LOG) 2>&1 ) & serial=$$!; fi; \
+			--basetemp=$(CURDIR)/.localcluster-serial/pytest > $(SERIAL_LOG) 2>&1 ) & \
+		serial=$$!; fi; \
 	MSO_KEEP_CLUSTER=1 $(PYTEST_PARALLEL) -m "not serial" tests/faults tests/integration tests/unit \
 		|| rc=$$?; \
 	if [ -n "$$serial" ]; then \
