@@ -37,19 +37,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Longest first (the LPT rule): parallel test processes are handed tests in this
     # order, so a 3-minute test starts at the beginning, not as the last one, and the
     # short ones fill the end. Every xdist worker reads the same cache, so all collect
-    # the same order. Without timings (a fresh clone) the order stays as collected.
+    # the same order. An xdist_group (one process, its tests in order: a Helm release
+    # installed, upgraded, uninstalled) moves as one, by its total. Without timings (a
+    # fresh clone), or outside xdist, the order stays as collected.
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     known: dict[str, float] = cache.get(DURATIONS, {}) if cache is not None else {}
-    if known:
+    if known and hasattr(config, "workerinput"):
+        items[:] = longest_first(items, known)
 
-        def guess(item: pytest.Item) -> float:
-            if plain_nodeid(item.nodeid) in known:
-                return known[plain_nodeid(item.nodeid)]
-            return max(
-                (s for m, s in UNKNOWN_SECONDS.items() if item.get_closest_marker(m)), default=0.0
-            )
 
-        items.sort(key=lambda item: -guess(item))
+def longest_first(items: list[pytest.Item], known: dict[str, float]) -> list[pytest.Item]:
+    """``items`` by group (an xdist_group, else the test alone), the groups with the
+    most known (or guessed) seconds first; a group keeps its own order."""
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        key = f"group:{mark.args[0] if mark.args else mark.kwargs.get('name')}" if mark else ""
+        groups.setdefault(key or item.nodeid, []).append(item)
+
+    def seconds(item: pytest.Item) -> float:
+        nodeid = plain_nodeid(item.nodeid)
+        if nodeid in known:
+            return known[nodeid]
+        marks = [s for m, s in UNKNOWN_SECONDS.items() if item.get_closest_marker(m)]
+        return max(marks, default=0.0)
+
+    ordered = sorted(groups.values(), key=lambda g: -sum(seconds(i) for i in g))
+    return [item for group in ordered for item in group]
 
 
 _TIMES = pytest.StashKey[dict[str, float]]()

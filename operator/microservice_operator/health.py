@@ -292,6 +292,9 @@ class Health:
     replicas: int = 0  # pods the Deployment counts (old ReplicaSets included)
     starting: int = 0  # NotReady pods still within podStartupSeconds (or not created)
     current: bool = False  # the Deployment runs this revision at its current generation
+    # The Deployment's template is this revision, whether or not the deployment
+    # controller has observed its latest generation (e.g. a scale it is still behind on).
+    runs_revision: bool = False
     image_errors: tuple[tuple[str, str], ...] = ()  # (pod, waiting reason) past the grace
     next_check_at: datetime | None = None  # when a pod's allowance or grace runs out
 
@@ -347,9 +350,8 @@ def assess(
     ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready / judged, 1.0)
     checks = [p.created + allowance for p in young if p.created is not None]
     old = [p for p in active if p.revision != revision]
-    current = deployment is not None and (
-        deployment.revision == revision and deployment.generation_observed
-    )
+    runs_revision = deployment is not None and deployment.revision == revision
+    current = runs_revision and deployment is not None and deployment.generation_observed
     rolled_out = (
         current
         and deployment is not None
@@ -422,6 +424,7 @@ def assess(
         replicas=deployment.replicas if deployment is not None else len(active),
         starting=starting,
         current=bool(current),
+        runs_revision=runs_revision,
         image_errors=tuple(image_errors),
         next_check_at=min(checks, default=None),
     )

@@ -75,7 +75,13 @@ def build_status(
     # not an outage); a new revision is Ready only once fully rolled out and healthy.
     # A scale-up (manual or HPA) of a proven revision is no rollout: it stays Ready
     # while enough pods are, even before the new ones are counted as updated.
-    settled = assessed.rolled_out or (assessed.current and assessed.old_revision_pods == 0)
+    # The deployment controller may be seconds behind a scale (a new generation it has
+    # not observed yet) when the control plane is loaded: the template is the same
+    # revision and every pod runs it, so it is not a rollout either.
+    settled = assessed.rolled_out or (
+        (assessed.current or (assessed.runs_revision and assessed.pods > 0))
+        and assessed.old_revision_pods == 0
+    )
     proven = settled and proven_revision is not None and proven_revision == assessed.revision
     serving = assessed.fully_healthy or (proven and assessed.healthy)
     # A rolled-out release whose analysis checks have not yet passed is still in

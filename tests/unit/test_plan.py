@@ -455,3 +455,31 @@ def test_a_new_microservice_of_zero_replicas_is_not_ready_before_its_deployment_
     p = plan.plan(ms({**HELLO, "replicas": 0}), plan.Observed(), NOW)
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
     assert (p.status["phase"], ready["status"]) == ("Progressing", "False")
+
+
+def test_a_scale_the_deployment_controller_has_not_observed_yet_keeps_a_proven_release_ready() -> (
+    None
+):
+    """Under a loaded control plane the deployment controller can be seconds behind a
+    scale: generation 2 (replicas 6) not observed, its status still about generation 1.
+    The template is the proven revision and every pod runs it: Ready stays True while
+    the new pods start (here 4 created 5 s ago, within podStartupSeconds)."""
+    spec = {**HELLO, "replicas": 2, "failover": {"podStartupSeconds": 60, "minHealthyRatio": 0.6}}
+    obj, observed = converged(spec)
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    scaled = {**spec, "replicas": 6}
+    obj = {**obj, "spec": scaled, "metadata": {**obj["metadata"], "generation": 2}}
+    dep = copy.deepcopy(observed.deployment)
+    assert dep is not None
+    dep["spec"]["replicas"] = 6
+    dep["metadata"]["generation"] = 2  # observedGeneration stays 1
+    rev = obj["status"]["currentRevision"]
+    young = NOW - timedelta(seconds=5)
+    pods = (
+        *observed.pods,
+        *(pod(f"new-{i}", rev, ready=False, since=young) for i in range(4)),
+    )
+    p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep, "pods": pods}), NOW)
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Available"), ready
