@@ -223,7 +223,9 @@ def test_prometheus_down_mid_rollout_is_inconclusive_and_never_a_rollback(
         assert dep is not None and dep.spec.template.spec.containers[0].image == "hello:2"
         return cond(ms, "RolledBack") is None and "lastKnownGoodRevision" in ms["status"]
 
-    # Many times the failure limit: missing data is not failure.
+    # Rolled out (under a loaded control plane that takes a while), the release waits
+    # for its analysis; then, many times the failure limit: missing data is not failure.
+    wait_condition(kube_api, ns, "web", "Progressing", reason="Analyzing", timeout=90)
     holds_for(INTERVAL * LIMIT * 3, not_rolled_back)
     ms = get_ms(kube_api, ns, "web")
     assert ms["status"]["lastKnownGoodRevision"] != v2  # not proven either
