@@ -68,7 +68,7 @@ image: ## Build the operator image with podman, no Docker engine needed (tools/i
 # (restart it, replace the CRD): `make test` runs them at the same time on a second,
 # private control plane (SERIAL_CLUSTER: its own state directory and ports), where
 # they are alone; they mostly wait on restarts, so they cost the run little.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 5
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 SERIAL_CLUSTER = MSO_LOCALCLUSTER_DIR=$(CURDIR)/.localcluster-serial MSO_ETCD_PORT=17379 \
 	MSO_ETCD_PEER_PORT=17380 MSO_APISERVER_PORT=17443 MSO_CONTROLLER_MANAGER_PORT=17257 \
