@@ -256,13 +256,15 @@ _POD_META = (
     "deletionTimestamp",
     "ownerReferences",
 )
-_CONTAINER_STATUS = ("name", "ready", "restartCount", "image")
+_CONTAINER_STATUS = ("restartCount",)
+_POD_CONDITIONS = ("Ready", "PodScheduled")
+"""The conditions decisions read: readiness (and since when), and scheduling."""
 
 
 def _trim_condition(c: Any) -> Any:
     if not isinstance(c, dict):
         return c
-    return {k: c[k] for k in ("type", "status", "reason", "lastTransitionTime") if k in c}
+    return {k: c[k] for k in ("type", "status", "lastTransitionTime") if k in c}
 
 
 def _trim_container_status(cs: Any) -> Any:
@@ -280,10 +282,11 @@ def _trim_container_status(cs: Any) -> Any:
 
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """Keep only what decisions read from a pod (in place; returns it): identity,
-    labels, owner, the revision annotation, times, the node it runs on, phase,
-    conditions and per container the restarts and waiting reason. A pod as the API
-    server sends it is mostly managedFields, the spec and container details, none of
-    which a decision reads; at thousands of pods the cache is the process's memory."""
+    labels, owner, the revision annotation, times, the node it runs on, phase, the
+    Ready and PodScheduled conditions and per container the restarts and waiting
+    reason. A pod as the API server sends it is mostly managedFields, the spec and
+    container details, none of which a decision reads; at thousands of pods the cache
+    is the process's memory."""
     meta = pod.get("metadata")
     if isinstance(meta, dict):
         kept = {k: meta[k] for k in _POD_META if k in meta}
@@ -298,7 +301,11 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     if isinstance(status, dict):
         out: dict[str, Any] = {k: status[k] for k in ("phase", "startTime") if k in status}
         if isinstance(status.get("conditions"), list):
-            out["conditions"] = [_trim_condition(c) for c in status["conditions"]]
+            out["conditions"] = [
+                _trim_condition(c)
+                for c in status["conditions"]
+                if not isinstance(c, dict) or c.get("type") in _POD_CONDITIONS
+            ]
         for key in ("initContainerStatuses", "containerStatuses"):
             if isinstance(status.get(key), list):
                 out[key] = [_trim_container_status(c) for c in status[key]]
@@ -371,10 +378,54 @@ the caches are the process's memory."""
 
 
 def prepare(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """An object as the cache keeps it: trimmed, its strings shared (in place)."""
+    """An object as the cache keeps it: trimmed, its strings shared, and the field sets
+    of its managedFields shared with every other object's equal ones (in place)."""
     trim = TRIMS.get(kind)
     shared: dict[str, Any] = share(trim(obj) if trim is not None else obj)
+    meta = shared.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("managedFields"), list):
+        for entry in meta["managedFields"]:
+            if isinstance(entry, dict) and isinstance(entry.get("fieldsV1"), dict):
+                entry["fieldsV1"] = intern_fields(entry["fieldsV1"])[1]
     return shared
+
+
+_FIELD_SETS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_MAX_FIELD_SETS = 20_000
+_UNIQUE = object()
+"""The key of a field set no other object has (it names an owner's uid)."""
+
+
+def intern_fields(tree: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(key, tree): ``tree`` (a managedFields fieldsV1 set) or an equal one already
+    cached, bottom up, so equal subtrees are one object.
+
+    A Deployment's field set is half its cached size, and all Deployments the operator
+    renders have nearly the same one: only the ownerReference's ``k:{"uid":...}``
+    differs, so the subtrees around it are kept as they are, and the rest (the whole
+    ``f:spec``) is shared. Shared trees are never modified: cached objects are not, and
+    :func:`share` runs before this."""
+    items: list[tuple[str, Any]] = []
+    unique = False
+    for k, v in tree.items():
+        if k.startswith('k:{"uid"'):
+            unique = True
+        if isinstance(v, dict):
+            child_key, child = intern_fields(v)
+            if child is not v:
+                tree[k] = child
+            unique = unique or child_key is _UNIQUE
+            items.append((k, child_key))
+        elif v is None or isinstance(v, str | int | float | bool):
+            items.append((k, v))
+        else:
+            unique = True  # not a field set (no lists in fieldsV1): keep it as it is
+    if unique:
+        return _UNIQUE, tree
+    key = tuple(items)
+    if len(_FIELD_SETS) >= _MAX_FIELD_SETS:
+        return key, _FIELD_SETS.get(key, tree)
+    return key, _FIELD_SETS.setdefault(key, tree)
 
 
 class Informer:

@@ -23,6 +23,7 @@ from microservice_operator.informer import (
     Informer,
     Store,
     owner_key,
+    prepare,
     trim_microservice,
     trim_pod,
     trim_revision,
@@ -389,3 +390,37 @@ def test_trimmed_objects_plan_exactly_as_full_ones(case: str) -> None:
     assert dep is not None
     assert {e["manager"] for e in dep["metadata"]["managedFields"]} <= {"microservice-operator"}
     assert len(json.dumps(small_ms)) < len(json.dumps(full_ms))
+
+
+def test_equal_field_sets_are_one_object_and_unchanged() -> None:
+    """Every Deployment the operator renders has nearly the same managedFields field
+    set: cached, the equal parts are one object; the parts naming an owner's uid are
+    each object's own; the content is as served."""
+
+    def deployment(uid: str) -> dict[str, Any]:
+        fields = {
+            "f:metadata": {"f:ownerReferences": {f'k:{{"uid":"{uid}"}}': {}}, "f:labels": {}},
+            "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {}}}},
+        }
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": f"d-{uid}",
+                "namespace": "ns",
+                "resourceVersion": "5",
+                "managedFields": [
+                    {"manager": "microservice-operator", "operation": "Apply", "fieldsV1": fields}
+                ],
+            },
+        }
+
+    a, b = deployment("u1"), deployment("u2")
+    served = copy.deepcopy(a)
+    fa = prepare("Deployment", a)["metadata"]["managedFields"][0]["fieldsV1"]
+    fb = prepare("Deployment", b)["metadata"]["managedFields"][0]["fieldsV1"]
+    assert a == served
+    assert fa["f:spec"] is fb["f:spec"]
+    assert fa["f:metadata"] is not fb["f:metadata"]
+    assert fa["f:metadata"]["f:labels"] is fb["f:metadata"]["f:labels"]
+    assert list(fb["f:metadata"]["f:ownerReferences"]) == ['k:{"uid":"u2"}']
