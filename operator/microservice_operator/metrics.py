@@ -595,6 +595,64 @@ def _increment(
     return tuple(out)
 
 
+_PER_MICROSERVICE: Final[
+    tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, list[str]], ...]
+] = (
+    (
+        GaugeMetricFamily,
+        "mso_microservice_replicas",
+        "Pods of the MicroService's primary track by state (desired, ready, available, "
+        "unavailable, updated).",
+        ["state"],
+    ),
+    (
+        GaugeMetricFamily,
+        "mso_microservice_healthy_ratio",
+        "Ready pods over desired pods of the primary track (1 when fully healthy).",
+        [],
+    ),
+    (
+        GaugeMetricFamily,
+        "mso_microservice_ready",
+        "1 when the MicroService's Ready condition is True, else 0.",
+        [],
+    ),
+    (
+        GaugeMetricFamily,
+        "mso_microservice_active_track",
+        "1 for the track (primary or standby) the Service sends traffic to, 0 for the other.",
+        ["track"],
+    ),
+    (
+        CounterMetricFamily,
+        "mso_failovers",
+        "Traffic switches between the primary and the standby track, by reason.",
+        ["reason"],
+    ),
+    (
+        CounterMetricFamily,
+        "mso_rollbacks",
+        "Rollbacks of a bad revision to the last known good one, by reason.",
+        ["reason"],
+    ),
+    (
+        CounterMetricFamily,
+        "mso_pod_remediations",
+        "Stuck pods deleted so that they are replaced.",
+        [],
+    ),
+    (
+        GaugeMetricFamily,
+        "mso_canary_step",
+        "Step (1 = the first) of the canary release in progress (spec.strategy.canary); "
+        "0 when none.",
+        [],
+    ),
+)
+"""(family type, name, help, labels after namespace and name) of each per-MicroService
+metric, in exposition order."""
+
+
 _Snapshot = tuple[
     tuple[str, str],
     tuple[float, ...] | None,
@@ -647,48 +705,9 @@ class MicroServiceSeries(Collector):
 
     @staticmethod
     def _families(records: Iterable[_Snapshot] = ()) -> list[Metric]:
-        ms = ["namespace", "name"]
-        replicas = GaugeMetricFamily(
-            "mso_microservice_replicas",
-            "Pods of the MicroService's primary track by state (desired, ready, available, "
-            "unavailable, updated).",
-            labels=[*ms, "state"],
-        )
-        ratio = GaugeMetricFamily(
-            "mso_microservice_healthy_ratio",
-            "Ready pods over desired pods of the primary track (1 when fully healthy).",
-            labels=ms,
-        )
-        ready = GaugeMetricFamily(
-            "mso_microservice_ready",
-            "1 when the MicroService's Ready condition is True, else 0.",
-            labels=ms,
-        )
-        track = GaugeMetricFamily(
-            "mso_microservice_active_track",
-            "1 for the track (primary or standby) the Service sends traffic to, 0 for the other.",
-            labels=[*ms, "track"],
-        )
-        failovers = CounterMetricFamily(
-            "mso_failovers",
-            "Traffic switches between the primary and the standby track, by reason.",
-            labels=[*ms, "reason"],
-        )
-        rollbacks = CounterMetricFamily(
-            "mso_rollbacks",
-            "Rollbacks of a bad revision to the last known good one, by reason.",
-            labels=[*ms, "reason"],
-        )
-        remediations = CounterMetricFamily(
-            "mso_pod_remediations",
-            "Stuck pods deleted so that they are replaced.",
-            labels=ms,
-        )
-        canary = GaugeMetricFamily(
-            "mso_canary_step",
-            "Step (1 = the first) of the canary release in progress (spec.strategy.canary); "
-            "0 when none.",
-            labels=ms,
+        replicas, ratio, ready, track, failovers, rollbacks, remediations, canary = (
+            kind(name, text, labels=["namespace", "name", *extra])
+            for kind, name, text, extra in _PER_MICROSERVICE
         )
         for (namespace, name), gauges, failed_over, rolled_back, remediated in records:
             key = [namespace, name]
