@@ -43,6 +43,8 @@ TOKEN_REREAD_SECONDS = 60.0
 EXEC_EARLY_SECONDS = 10.0
 """An exec credential is renewed this long before it expires."""
 EXEC_TIMEOUT_SECONDS = 60.0
+EXEC_RETRY_SECONDS = 10.0
+"""A failed exec plugin run is tried again after this long, not on every request."""
 
 
 class ConfigError(Exception):
@@ -119,38 +121,65 @@ class Credentials:
     default_namespace: str | None = None
     clock: Callable[[], float] = time.monotonic
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _read_at: float | None = field(default=None, repr=False)
-    _expires_at: float | None = field(default=None, repr=False)  # monotonic
+    _file_read_at: float | None = field(default=None, repr=False)
+    _exec_due: float | None = field(default=None, repr=False)  # monotonic; None: run now
+    _expires_at: float | None = field(default=None, repr=False)  # monotonic, really
     _expiration: datetime.datetime | None = field(default=None, repr=False)  # wall clock
     _cert_dir: str | None = field(default=None, repr=False)
+    _issued: int = field(default=0, repr=False)
 
-    def refresh(self, *, force: bool = False) -> None:
+    def refresh(self, *, force: bool = False, used: str | None = None) -> None:
         """Re-read a token file (at most every minute) and re-run an exec plugin whose
-        credential expires soon (or at once with ``force``: after a 401)."""
-        with self._lock:
-            now = self.clock()
-            if self.token_file and (
-                force or self._read_at is None or now - self._read_at >= TOKEN_REREAD_SECONDS
-            ):
-                try:
-                    self.token = Path(self.token_file).read_text().strip() or None
-                except OSError as exc:
-                    raise ConfigError(f"cannot read token file {self.token_file}: {exc}") from exc
-                self._read_at = now
-            if self.exec_plugin is not None and (
-                force
-                or self._read_at is None
-                or (self._expires_at is not None and now >= self._expires_at)
-            ):
-                self._apply_exec(self.exec_plugin.run(), now)
-                self._read_at = now
+        credential expires soon, or at once with ``force`` (after a 401) unless the
+        credential ``used`` by the refused request was already replaced.
+
+        One thread runs the plugin; the others go on with the current credential
+        meanwhile (they wait only when there is none yet). A plugin that fails is
+        tried again after EXEC_RETRY_SECONDS, and its last credential is used until
+        it really expires.
+        """
+        if force and used is not None and used != self.token:
+            return  # another request already renewed it
+        now = self.clock()
+        if self.token_file and (
+            force or self._file_read_at is None or now - self._file_read_at >= TOKEN_REREAD_SECONDS
+        ):
+            try:
+                self.token = Path(self.token_file).read_text().strip() or None
+            except OSError as exc:
+                raise ConfigError(f"cannot read token file {self.token_file}: {exc}") from exc
+            self._file_read_at = now
+        plugin = self.exec_plugin
+        if plugin is None or not (force or self._exec_due is None or now >= self._exec_due):
+            return
+        have = self.token is not None or self.cert_file is not None
+        if not self._lock.acquire(blocking=not have):
+            return  # another thread runs the plugin; the current credential still works
+        try:
+            if not force and self._exec_due is not None and self.clock() < self._exec_due:
+                return  # renewed while we waited
+            try:
+                status = plugin.run()
+            except ConfigError:
+                self._exec_due = self.clock() + EXEC_RETRY_SECONDS
+                if have and (self._expires_at is None or self.clock() < self._expires_at):
+                    return  # keep the last credential while it is valid
+                raise
+            self._apply_exec(status, self.clock())
+        finally:
+            self._lock.release()
 
     def _apply_exec(self, status: dict[str, Any], now: float) -> None:
-        self.token = status.get("token") or None
         if status.get("clientCertificateData") and status.get("clientKeyData"):
-            self.cert_file = self._private_file("exec.crt", status["clientCertificateData"])
-            self.key_file = self._private_file("exec.key", status["clientKeyData"])
+            # New files for every credential issued: the transport rebuilds its TLS
+            # connections when the path changes, and a reader never sees half a pair.
+            self._issued += 1
+            cert = self._private_file(f"exec-{self._issued}.crt", status["clientCertificateData"])
+            key = self._private_file(f"exec-{self._issued}.key", status["clientKeyData"])
+            self.cert_file, self.key_file = cert, key
+        self.token = status.get("token") or None
         self._expires_at = self._expiration = None
+        self._exec_due = float("inf")  # an expiration-less credential is kept until a 401
         stamp = status.get("expirationTimestamp")
         if stamp:
             try:
@@ -159,18 +188,20 @@ class Credentials:
                 raise ConfigError(f"exec plugin: bad expirationTimestamp {stamp!r}") from exc
             left = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
             self._expiration = when
-            self._expires_at = now + max(0.0, left - EXEC_EARLY_SECONDS)
+            self._expires_at = now + max(0.0, left)
+            self._exec_due = now + max(0.0, left - EXEC_EARLY_SECONDS)
 
     def _private_file(self, name: str, pem: str) -> str:
         """A PEM written where only this process reads it (ssl loads chains from files),
-        removed at exit."""
+        whole or not at all; removed at exit."""
         if self._cert_dir is None:
             self._cert_dir = tempfile.mkdtemp(prefix="mso-credentials-")
             atexit.register(shutil.rmtree, self._cert_dir, True)
         path = os.path.join(self._cert_dir, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, tmp = tempfile.mkstemp(dir=self._cert_dir)  # 0600
         with os.fdopen(fd, "w") as f:
             f.write(pem)
+        os.replace(tmp, path)
         return path
 
     def headers(self) -> dict[str, str]:
@@ -206,7 +237,8 @@ def load(
 ) -> Credentials:
     """In-cluster credentials when running in a pod, else the kubeconfig's."""
     env = os.environ if env is None else env
-    if env.get("KUBERNETES_SERVICE_HOST") and (service_account / "token").exists():
+    in_pod = env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT")
+    if in_pod and (service_account / "token").exists():
         return in_cluster(env, service_account)
     return from_kubeconfig(env)
 
@@ -287,7 +319,8 @@ def from_kubeconfig(env: Mapping[str, str]) -> Credentials:
         tls_server_name=cluster.get("tls-server-name"),
         proxy_url=cluster.get("proxy-url"),
         token=user.get("token"),
-        token_file=file(user.get("tokenFile"), user_dir),
+        # An inline token wins over a tokenFile, as in client-go.
+        token_file=None if user.get("token") else file(user.get("tokenFile"), user_dir),
         username=user.get("username"),
         password=user.get("password"),
         default_namespace=context.get("namespace"),
@@ -307,7 +340,7 @@ def from_kubeconfig(env: Mapping[str, str]) -> Credentials:
         creds.exec_plugin = ExecPlugin(
             command=str(plugin["command"]),
             args=[str(a) for a in plugin.get("args") or []],
-            env={str(e["name"]): str(e["value"]) for e in plugin.get("env") or []},
+            env=_exec_env(plugin.get("env"), user_name),
             api_version=str(plugin.get("apiVersion") or "client.authentication.k8s.io/v1"),
             base_dir=user_dir,
         )
@@ -323,10 +356,20 @@ def from_kubeconfig(env: Mapping[str, str]) -> Credentials:
     return creds
 
 
+def _exec_env(entries: Any, user: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in entries or []:
+        if not isinstance(e, dict) or "name" not in e or "value" not in e:
+            raise ConfigError(f"kubeconfig: user {user!r}: exec env entries need a name and value")
+        out[str(e["name"])] = str(e["value"])
+    return out
+
+
 def _pem(data: Any, what: str) -> str | None:
     if not data:
         return None
     try:
-        return base64.b64decode(str(data), validate=True).decode()
+        # Folded YAML may break the base64 over lines; Go's decoder skips the breaks.
+        return base64.b64decode("".join(str(data).split()), validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"kubeconfig: {what} is not base64-encoded PEM") from exc

@@ -52,7 +52,9 @@ async def login(
     start-up discovery reads included) shows in ``mso_kube_requests_total``, so the
     benchmarks compare complete figures."""
     creds: connection.Credentials = memo.get("credentials") or connection.load()
-    creds.refresh()
+    # kopf logs in again after a 401 or once the credential expired: renew it (an exec
+    # plugin may run for seconds, so not on the event loop).
+    await asyncio.get_running_loop().run_in_executor(None, lambda: creds.refresh(force=True))
     info = kopf.ConnectionInfo(
         server=creds.server,
         ca_path=creds.ca_file,
@@ -66,7 +68,9 @@ async def login(
         default_namespace=creds.default_namespace,
         proxy_url=creds.proxy_url,
         expiration=creds.expiration,
-        trust_env=settings.networking.trust_env,
+        # Without a proxy-url, the environment's proxy (HTTPS_PROXY, NO_PROXY), like
+        # the operator's own transport.
+        trust_env=settings.networking.trust_env or not creds.proxy_url,
     )
     metrics: OperatorMetrics = memo["metrics"]
     return counted_session(

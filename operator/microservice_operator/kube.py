@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -279,6 +280,25 @@ def _error_from(status: int, raw: bytes | None) -> KubeError:
     return KubeError(status, reason, message)
 
 
+def _pool_manager(server: str, proxy_url: str | None, kw: dict[str, Any]) -> urllib3.PoolManager:
+    """A pool to ``server``: through the kubeconfig's proxy-url, else through the
+    environment's proxy for it (HTTPS_PROXY, NO_PROXY, as the client library did)."""
+    if not proxy_url:
+        host = urllib.parse.urlsplit(server).hostname or ""
+        scheme = urllib.parse.urlsplit(server).scheme or "https"
+        if not urllib.request.proxy_bypass(host):
+            proxy_url = urllib.request.getproxies().get(scheme)
+    if not proxy_url:
+        return urllib3.PoolManager(**kw)
+    if proxy_url.startswith("socks"):
+        try:
+            from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415
+        except ImportError as exc:  # PySocks is not installed
+            raise ConfigError(f"proxy {proxy_url}: SOCKS proxies need PySocks") from exc
+        return SOCKSProxyManager(proxy_url, **kw)
+    return urllib3.ProxyManager(proxy_url, **kw)
+
+
 class Transport:
     """HTTP(S) to the API server: a urllib3 connection pool with the credentials'
     TLS settings and a fresh Authorization header on every request.
@@ -318,11 +338,7 @@ class Transport:
                 if creds.tls_server_name:
                     kw["server_hostname"] = creds.tls_server_name
                 old = self._pool
-                self._pool = (
-                    urllib3.ProxyManager(creds.proxy_url, **kw)
-                    if creds.proxy_url
-                    else urllib3.PoolManager(**kw)
-                )
+                self._pool = _pool_manager(creds.server, creds.proxy_url, kw)
                 self._cert = creds.cert_file
                 if old is not None:
                     old.clear()
@@ -348,18 +364,20 @@ class Transport:
             if isinstance(timeout, tuple)
             else urllib3.Timeout(total=timeout)
         )
+        auth = self.credentials.headers()
         resp = self.pool().request(
             method,
             url,
             body=body,
-            headers={**headers, **self.credentials.headers(), "User-Agent": self.user_agent},
+            headers={**headers, **auth, "User-Agent": self.user_agent},
             timeout=to,
             preload_content=False,
             redirect=False,
         )
         if resp.status == 401:
             try:
-                self.credentials.refresh(force=True)
+                used = auth.get("Authorization", "").removeprefix("Bearer ") or None
+                self.credentials.refresh(force=True, used=used)
             except Exception as exc:  # the 401 is what the caller sees
                 log.warning("Could not renew the API credentials after a 401: %s", exc)
         return resp

@@ -225,3 +225,88 @@ def test_quantities_by_value(text: object, value: str) -> None:
 def test_not_quantities(text: object) -> None:
     with pytest.raises(ValueError, match="not a quantity"):
         parse_quantity(text)
+
+
+def test_inline_token_wins_over_token_file_and_folded_base64_is_read(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file")
+    folded = b64("-----BEGIN CA-----")
+    cfg = write_kubeconfig(
+        tmp_path / "config",
+        user={"token": "inline", "tokenFile": "token"},
+        cluster={
+            "server": "https://k",
+            "certificate-authority-data": folded[:8] + "\n" + folded[8:],
+        },
+    )
+    creds = connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
+    assert creds.headers() == {"Authorization": "Bearer inline"}
+    assert creds.ca_data == "-----BEGIN CA-----"
+
+
+def test_a_pod_without_the_service_port_uses_the_kubeconfig(tmp_path: Path) -> None:
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    cfg = write_kubeconfig(tmp_path / "config", user={"token": "kc"})
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBECONFIG": str(cfg)}
+    assert connection.load(env, service_account=sa).token == "kc"
+
+
+def test_exec_env_entries_need_a_name_and_value(tmp_path: Path) -> None:
+    cfg = write_kubeconfig(
+        tmp_path / "config",
+        user={"exec": {"command": "x", "env": [{"name": "A"}]}},
+    )
+    with pytest.raises(ConfigError, match="exec env entries need a name and value"):
+        connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
+
+
+def cert_plugin(tmp_path: Path, *, fail_after: int = 99) -> Path:
+    """A plugin issuing a new client certificate per run (and failing after some)."""
+    script = tmp_path / "certs.py"
+    script.write_text(
+        "import json, pathlib, sys\n"
+        f"runs = pathlib.Path({str(tmp_path / 'runs')!r})\n"
+        "n = int(runs.read_text()) + 1 if runs.exists() else 1\n"
+        "runs.write_text(str(n))\n"
+        f"if n > {fail_after}: sys.exit('down')\n"
+        "print(json.dumps({'kind': 'ExecCredential', 'status': {\n"
+        "  'clientCertificateData': f'CERT{n}', 'clientKeyData': f'KEY{n}',\n"
+        "  'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
+    )
+    return script
+
+
+def test_each_exec_certificate_gets_its_own_files(tmp_path: Path) -> None:
+    script = cert_plugin(tmp_path)
+    cfg = write_kubeconfig(
+        tmp_path / "config", user={"exec": {"command": sys.executable, "args": [str(script)]}}
+    )
+    creds = connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
+    first = (creds.cert_file, creds.key_file)
+    creds.refresh(force=True)
+    assert (creds.cert_file, creds.key_file) != first  # the transport rebuilds its pool
+    assert creds.cert_file is not None and Path(creds.cert_file).read_text() == "CERT2"
+    assert first[0] is not None and Path(first[0]).read_text() == "CERT1"
+
+
+def test_a_401_renews_once_and_a_failing_plugin_keeps_the_last_credential(tmp_path: Path) -> None:
+    script = exec_plugin(tmp_path, expires_in=3600)
+    cfg = write_kubeconfig(
+        tmp_path / "config",
+        user={
+            "exec": {
+                "command": sys.executable,
+                "args": [str(script)],
+                "env": [{"name": "EXTRA", "value": "x"}],
+            }
+        },
+    )
+    creds = connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
+    assert creds.token == "tok-1"
+    creds.refresh(force=True, used="tok-1")  # the first refused request renews
+    creds.refresh(force=True, used="tok-1")  # the others were refused with the old one
+    assert (creds.token, (tmp_path / "runs").read_text()) == ("tok-2", "2")
+    script.write_text("import sys; sys.exit('metadata service down')")
+    creds.refresh(force=True, used="tok-2")  # fails: the valid credential stays
+    assert creds.headers() == {"Authorization": "Bearer tok-2"}

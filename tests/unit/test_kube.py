@@ -4,6 +4,7 @@ import asyncio
 
 import kopf
 import pytest
+import urllib3
 from aiohttp import web
 
 from microservice_operator.kube import (
@@ -11,6 +12,7 @@ from microservice_operator.kube import (
     MICROSERVICES,
     PODS,
     KubeError,
+    _pool_manager,
     counted_session,
     decode,
     request_labels,
@@ -127,3 +129,18 @@ def test_kopfs_session_reports_each_request() -> None:
 
     asyncio.run(run())
     assert seen == [("get", "discovery", "200")]
+
+
+def test_the_environment_proxy_is_used_unless_the_server_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    via = _pool_manager("https://k8s.example:6443", None, {})
+    assert isinstance(via, urllib3.ProxyManager)
+    assert via.proxy is not None and via.proxy.host == "proxy.example"
+    direct = _pool_manager("https://api.internal.example:6443", None, {})
+    assert not isinstance(direct, urllib3.ProxyManager)
+    named = _pool_manager("https://k8s.example:6443", "http://other.example:8080", {})
+    assert isinstance(named, urllib3.ProxyManager) and named.proxy is not None
+    assert named.proxy.host == "other.example"
