@@ -530,10 +530,13 @@ class Informer:
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
 
     def _list(self) -> None:
+        kind = self.kind
         objs, list_rv = self.kube.list_with_version(
-            self.resource, self.namespace, label_selector=self.label_selector
+            self.resource,
+            self.namespace,
+            label_selector=self.label_selector,
+            each=lambda o: prepare(kind, o),
         )
-        objs = [prepare(self.kind, o) for o in objs]
         changed = self.store.replace(self.kind, objs, list_rv, namespace=self.namespace)
         if self.synced.is_set():
             self.relists += 1

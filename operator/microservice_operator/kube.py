@@ -506,8 +506,11 @@ class Kube:
         namespace: str | None = None,
         *,
         label_selector: str | None = None,
+        each: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], int]:
-        """All objects and the resourceVersion the list was read at."""
+        """All objects and the resourceVersion the list was read at; ``each`` is applied
+        to every object as its page arrives (a cache trims them there, so a LIST of
+        thousands of pods never holds them whole all at once)."""
         items: builtins.list[dict[str, Any]] = []
         list_rv = 0
         token: str | None = None
@@ -519,10 +522,10 @@ class Kube:
                 query.append(("continue", token))
             page = self._call("list", resource, "GET", resource.path(namespace), query=query)
             kind = resource.kind
-            for item in page.get("items", []):
+            for item in page.pop("items", None) or []:
                 item.setdefault("apiVersion", resource.api_version)
                 item.setdefault("kind", kind)
-                items.append(item)
+                items.append(each(item) if each is not None else item)
             meta = page.get("metadata", {})
             if not list_rv:
                 try:

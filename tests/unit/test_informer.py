@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -122,10 +122,13 @@ class ScriptedKube:
         self.calls: list[tuple[str, str]] = []
         self.done = threading.Event()
 
-    def list_with_version(self, *_: Any, **__: Any) -> tuple[list[dict[str, Any]], int]:
+    def list_with_version(
+        self, *_: Any, each: Callable[[dict[str, Any]], dict[str, Any]] | None = None, **__: Any
+    ) -> tuple[list[dict[str, Any]], int]:
         items, rv = self.lists.pop(0)
         self.calls.append(("list", str(rv)))
-        return [dict(o) for o in items], rv
+        objs = [dict(o) for o in items]
+        return ([each(o) for o in objs] if each is not None else objs), rv
 
     def watch(self, *_: Any, resource_version: str, **__: Any) -> Iterator[dict[str, Any]]:
         self.calls.append(("watch", resource_version))

@@ -1,17 +1,22 @@
 """Request paths and error classification of the one API client module."""
 
 import asyncio
+import json
+from typing import Any
 
 import kopf
 import pytest
 import urllib3
 from aiohttp import web
 
+from microservice_operator.connection import Credentials
 from microservice_operator.kube import (
     DEPLOYMENTS,
     MICROSERVICES,
     PODS,
+    Kube,
     KubeError,
+    Transport,
     _pool_manager,
     counted_session,
     decode,
@@ -144,3 +149,35 @@ def test_the_environment_proxy_is_used_unless_the_server_bypasses_it(
     named = _pool_manager("https://k8s.example:6443", "http://other.example:8080", {})
     assert isinstance(named, urllib3.ProxyManager) and named.proxy is not None
     assert named.proxy.host == "other.example"
+
+
+def test_a_list_hands_each_object_over_as_its_page_arrives() -> None:
+    """A cache trims listed objects page by page: never thousands of whole pods at once."""
+
+    class Page:
+        def __init__(self, body: dict[str, Any]) -> None:
+            self.status, self.data = 200, json.dumps(body).encode()
+
+        def release_conn(self) -> None:
+            pass
+
+    pages = [
+        {"metadata": {"resourceVersion": "7", "continue": "c1"}, "items": [{"metadata": {}}]},
+        {"metadata": {"resourceVersion": "7"}, "items": [{"metadata": {}}, {"metadata": {}}]},
+    ]
+    seen: list[int] = []
+
+    class Pages(Transport):
+        def request(self, *_: Any, **__: Any) -> Any:
+            return Page(pages.pop(0))
+
+    kube = Kube(Pages(Credentials(server="https://k")))
+
+    def trim(obj: dict[str, Any]) -> dict[str, Any]:
+        seen.append(len(pages))  # pages still to come when this object was handed over
+        return {"kind": obj["kind"], "trimmed": True}
+
+    items, rv = kube.list_with_version(PODS, "ns", each=trim)
+    assert rv == 7
+    assert items == [{"kind": "Pod", "trimmed": True}] * 3
+    assert seen == [1, 0, 0]
