@@ -693,7 +693,7 @@ class MicroServiceSeries(Collector):
         return list(self._records)
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return self._families([])
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -704,27 +704,44 @@ class MicroServiceSeries(Collector):
         return self._families(records)
 
     @staticmethod
-    def _families(records: Iterable[_Snapshot] = ()) -> list[Metric]:
-        replicas, ratio, ready, track, failovers, rollbacks, remediations, canary = (
-            kind(name, text, labels=["namespace", "name", *extra])
-            for kind, name, text, extra in _PER_MICROSERVICE
-        )
-        for (namespace, name), gauges, failed_over, rolled_back, remediated in records:
-            key = [namespace, name]
-            if gauges is not None:
-                for state, value in zip(REPLICA_STATES, gauges[:5], strict=True):
-                    replicas.add_metric([*key, state], value)
-                ratio.add_metric(key, gauges[5])
-                ready.add_metric(key, gauges[6])
-                for i, t in enumerate(TRACKS):
-                    track.add_metric([*key, t], 1.0 if i == gauges[7] else 0.0)
-                canary.add_metric(key, gauges[8])
-            for i, reason in enumerate(FAILOVER_REASONS):
-                failovers.add_metric([*key, reason], failed_over[i] if failed_over else 0.0)
-            for i, reason in enumerate(ROLLBACK_REASONS):
-                rollbacks.add_metric([*key, reason], rolled_back[i] if rolled_back else 0.0)
-            remediations.add_metric(key, remediated)
-        return [replicas, ratio, ready, track, failovers, rollbacks, remediations, canary]
+    def _families(records: list[_Snapshot]) -> Iterator[Metric]:
+        """The families one at a time, each built when the exposition asks for it: a
+        scrape holds one family's samples, not all eight at once (at 10,000
+        MicroServices the eight together were over 100 MiB for a moment)."""
+        for kind, name, text, extra in _PER_MICROSERVICE:
+            family = kind(name, text, labels=["namespace", "name", *extra])
+            for record in records:
+                for labels, value in _samples(name, record):
+                    family.add_metric(labels, value)
+            yield family
+
+
+def _samples(family: str, record: _Snapshot) -> Iterator[tuple[list[str], float]]:
+    """(label values, value) of one MicroService's samples in one family."""
+    (namespace, name), gauges, failed_over, rolled_back, remediated = record
+    key = [namespace, name]
+    if family == "mso_failovers":
+        for i, reason in enumerate(FAILOVER_REASONS):
+            yield [*key, reason], failed_over[i] if failed_over else 0.0
+    elif family == "mso_rollbacks":
+        for i, reason in enumerate(ROLLBACK_REASONS):
+            yield [*key, reason], rolled_back[i] if rolled_back else 0.0
+    elif family == "mso_pod_remediations":
+        yield key, remediated
+    elif gauges is None:
+        return  # gauges exist once observed
+    elif family == "mso_microservice_replicas":
+        for state, value in zip(REPLICA_STATES, gauges[:5], strict=True):
+            yield [*key, state], value
+    elif family == "mso_microservice_healthy_ratio":
+        yield key, gauges[5]
+    elif family == "mso_microservice_ready":
+        yield key, gauges[6]
+    elif family == "mso_microservice_active_track":
+        for i, track in enumerate(TRACKS):
+            yield [*key, track], 1.0 if i == gauges[7] else 0.0
+    elif family == "mso_canary_step":
+        yield key, gauges[8]
 
 
 def _label_sets(metric: Gauge | Counter, names: tuple[str, ...]) -> list[tuple[str, ...]]:
