@@ -61,14 +61,17 @@ image: ## Build the operator image with podman, no Docker engine needed (tools/i
 	tools/image.sh
 
 # Tests run in TEST_WORKERS processes against one control plane (pytest-xdist; each
-# process's operators watch only its own namespaces, see tests/integration/fixtures.py),
-# the slowest first (by the durations the last run recorded, tests/conftest.py) so that
-# short tests fill the end. Modules that must stay in one process say so with an
-# xdist_group mark. Tests marked `serial` change the control plane for everyone
-# (restart it, replace the CRD): `make test` runs them at the same time on a second,
-# private control plane (SERIAL_CLUSTER: its own state directory and ports), where
-# they are alone; they mostly wait on restarts, so they cost the run little.
-TEST_WORKERS ?= 5
+# process's operators watch only its own namespaces, see tests/integration/fixtures.py).
+# Modules that must stay in one process say so with an xdist_group mark. Tests marked
+# `serial` change the control plane for everyone (restart it, replace the CRD) and run
+# afterwards, alone. Two faster modes, measured in bench/README.md ("make test"):
+# SERIAL=alongside runs them at the same time on a second, private control plane
+# (SERIAL_CLUSTER: its own state directory and ports); MSO_TEST_ORDER=longest-first
+# starts the slowest tests first (by the last run's timings, tests/conftest.py). On
+# this 2-core machine both together load it enough that a few timing-bound tests
+# failed, so neither is the default.
+TEST_WORKERS ?= 4
+SERIAL ?= after
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 SERIAL_CLUSTER = MSO_LOCALCLUSTER_DIR=$(CURDIR)/.localcluster-serial MSO_ETCD_PORT=17379 \
 	MSO_ETCD_PEER_PORT=17380 MSO_APISERVER_PORT=17443 MSO_CONTROLLER_MANAGER_PORT=17257 \
@@ -87,13 +90,13 @@ faults: venv tools ## Fault-injection suite (kills, control-plane restarts, netw
 	$(BIN)/pytest -m serial tests/faults
 
 # The shared control plane: started by the parallel run if it is not up, stopped at
-# the end unless it was up before (or MSO_KEEP_CLUSTER=1). The serial tests' private
-# one is started and stopped by their own session. Against a cluster of your own
-# (KUBECONFIG set) there is no second one, so the serial tests run afterwards.
+# the end unless it was up before (or MSO_KEEP_CLUSTER=1). With SERIAL=alongside the
+# serial tests' private one is started and stopped by their own session (not with
+# KUBECONFIG set: against a cluster of your own they always run afterwards).
 test: lint typecheck tools ## Lint, type check, unit, integration and fault-injection tests
 	@up=0; [ -n "$$KUBECONFIG" ] || ! $(LOCALCLUSTER) status >/dev/null 2>&1 || up=1; rc=0; \
 	serial=""; \
-	if [ -z "$$KUBECONFIG" ]; then \
+	if [ -z "$$KUBECONFIG" ] && [ "$(SERIAL)" = alongside ]; then \
 		$(LOCALCLUSTER) build || exit 1; \
 		( $(SERIAL_CLUSTER) $(BIN)/pytest -m serial tests/integration tests/faults \
 			--basetemp=$(CURDIR)/.localcluster-serial/pytest > $(SERIAL_LOG) 2>&1 ) & \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # order, so a 3-minute test starts at the beginning, not as the last one, and the
     # short ones fill the end. Every xdist worker reads the same cache, so all collect
     # the same order. An xdist_group (one process, its tests in order: a Helm release
-    # installed, upgraded, uninstalled) moves as one, by its total. Without timings (a
-    # fresh clone), or outside xdist, the order stays as collected.
+    # installed, upgraded, uninstalled) moves as one, by its total. Only when asked
+    # (MSO_TEST_ORDER=longest-first: the longest tests then overlap, which loads a
+    # small machine); without timings (a fresh clone), or outside xdist, the order
+    # stays as collected.
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     known: dict[str, float] = cache.get(DURATIONS, {}) if cache is not None else {}
-    if known and hasattr(config, "workerinput"):
+    longest_first_asked = os.environ.get("MSO_TEST_ORDER") == "longest-first"
+    if known and longest_first_asked and hasattr(config, "workerinput"):
         items[:] = longest_first(items, known)
 
 
