@@ -161,9 +161,9 @@ def exec_plugin(tmp_path: Path, expires_in: float) -> Path:
     return script
 
 
-def test_exec_plugin_runs_again_when_its_credential_expires(tmp_path: Path) -> None:
-    script = exec_plugin(tmp_path, expires_in=3600)
-    cfg = write_kubeconfig(
+def exec_kubeconfig(tmp_path: Path, script: Path) -> Path:
+    """A kubeconfig whose user runs ``script`` as its exec credential plugin."""
+    return write_kubeconfig(
         tmp_path / "config",
         user={
             "exec": {
@@ -174,6 +174,11 @@ def test_exec_plugin_runs_again_when_its_credential_expires(tmp_path: Path) -> N
             }
         },
     )
+
+
+def test_exec_plugin_runs_again_when_its_credential_expires(tmp_path: Path) -> None:
+    script = exec_plugin(tmp_path, expires_in=3600)
+    cfg = exec_kubeconfig(tmp_path, script)
     creds = connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
     assert creds.headers() == {"Authorization": "Bearer tok-1"}  # run once, at loading
     now = [0.0]
@@ -292,16 +297,7 @@ def test_each_exec_certificate_gets_its_own_files(tmp_path: Path) -> None:
 
 def test_a_401_renews_once_and_a_failing_plugin_keeps_the_last_credential(tmp_path: Path) -> None:
     script = exec_plugin(tmp_path, expires_in=3600)
-    cfg = write_kubeconfig(
-        tmp_path / "config",
-        user={
-            "exec": {
-                "command": sys.executable,
-                "args": [str(script)],
-                "env": [{"name": "EXTRA", "value": "x"}],
-            }
-        },
-    )
+    cfg = exec_kubeconfig(tmp_path, script)
     creds = connection.from_kubeconfig({"KUBECONFIG": str(cfg)})
     assert creds.token == "tok-1"
     creds.refresh(force=True, used="tok-1")  # the first refused request renews
