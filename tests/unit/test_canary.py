@@ -239,14 +239,9 @@ def test_with_rollback_off_a_bad_canary_stays_at_its_step_and_is_never_promoted(
         obj["status"] = p.status
 
 
-def test_a_canary_longer_than_the_progress_deadline_is_promoted_not_rolled_back() -> None:
-    """The steps (2 x 200 s) outlast progressDeadlineSeconds (300 s): the primary's
-    deadline for the promoted revision starts at the promotion."""
-    spec = {
-        **V1,
-        "strategy": {"canary": {"steps": [{"replicas": 1, "pauseSeconds": 200}, {"replicas": 2}]}},
-    }
-    spec["strategy"]["canary"]["steps"][1]["pauseSeconds"] = 200
+def at_the_first_step(spec: dict[str, Any]) -> tuple[dict[str, Any], plan.Observed, str]:
+    """A converged MicroService of ``spec`` given hello:2 at second 0, its canary at the
+    first step with one Ready pod: (MicroService, observed, the new revision)."""
     obj, observed = converged(spec)
     obj["spec"] = {**spec, "image": "hello:2"}
     obj["metadata"]["generation"] = 2
@@ -258,6 +253,18 @@ def test_a_canary_longer_than_the_progress_deadline_is_promoted_not_rolled_back(
     observed = replace(
         observed, canary=ready_deployment(canary, 1), pods=(*observed.pods, canary_pod("c1", v2))
     )
+    return obj, observed, v2
+
+
+def test_a_canary_longer_than_the_progress_deadline_is_promoted_not_rolled_back() -> None:
+    """The steps (2 x 200 s) outlast progressDeadlineSeconds (300 s): the primary's
+    deadline for the promoted revision starts at the promotion."""
+    spec = {
+        **V1,
+        "strategy": {"canary": {"steps": [{"replicas": 1, "pauseSeconds": 200}, {"replicas": 2}]}},
+    }
+    spec["strategy"]["canary"]["steps"][1]["pauseSeconds"] = 200
+    obj, observed, v2 = at_the_first_step(spec)
     p = plan.plan(obj, observed, at(201))
     canary = applied(p, "shop-canary")
     assert canary is not None and p.status["canary"]["step"] == "2/2"
@@ -281,18 +288,8 @@ def test_a_wiped_status_mid_canary_starts_the_steps_again_and_never_promotes() -
     """The step is kept in status.failoverState, which anyone who may patch status can
     wipe: the canary then starts again at step 1 (slower, never sooner), and the
     stable pods keep the last known good, which lives in a ControllerRevision."""
-    obj, observed = converged(V1)
-    v1 = obj["status"]["lastKnownGoodRevision"]
-    obj["spec"] = {**V1, "image": "hello:2"}
-    obj["metadata"]["generation"] = 2
-    p = plan.plan(obj, observed, at(0))
-    v2 = p.status["desiredRevision"]
-    canary = applied(p, "shop-canary")
-    assert canary is not None
-    obj["status"] = p.status
-    observed = replace(
-        observed, canary=ready_deployment(canary, 1), pods=(*observed.pods, canary_pod("c1", v2))
-    )
+    obj, observed, _ = at_the_first_step(V1)
+    v1 = obj["status"]["lastKnownGoodRevision"]  # not promoted: still the first release
     p = plan.plan(obj, observed, at(31))
     assert p.status["canary"]["step"] == "2/2"
     obj["status"] = {}  # wiped
