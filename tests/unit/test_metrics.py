@@ -8,6 +8,7 @@ installs it; MSO_REQUIRE_PROMETHEUS=1 turns the skip into a failure, for CI).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -544,3 +545,114 @@ def test_serve_as_context_manager_releases_the_port(m: OperatorMetrics) -> None:
     # The same port can be bound again at once.
     with m.serve(port, host="127.0.0.1") as again:
         assert again.port == port
+
+
+# ------------------------------------------------------------------ streamed exposition
+
+
+def many(count: int) -> OperatorMetrics:
+    """``count`` MicroServices observed, some with a rollback: more than one
+    :data:`metrics_module.BATCH`, so each per-MicroService family comes in pieces
+    (no process metrics: they change from one scrape to the next)."""
+    m = OperatorMetrics(runtime=False)
+    observe(m, "shop", "cart", active_track="standby", ready_flag=False)
+    observe(m, "blog", "post")
+    m.failover("shop", "cart", "PrimaryUnhealthy")
+    for i in range(count):
+        observe(m, "fleet", f"svc-{i}", desired=i)
+        if i % 7 == 0:
+            m.rollback("fleet", f"svc-{i}", "CrashLoop")
+    return m
+
+
+def test_a_family_in_pieces_is_one_family_to_the_parsers() -> None:
+    count = 2 * metrics_module.BATCH + 17
+    m = many(count)
+    text = m.render().decode()
+    names = [f.name for f in text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)), "a family's HELP/TYPE repeated"
+    assert text.count("# TYPE mso_microservice_replicas gauge") == 1
+    got = samples(m)
+    assert len([k for k in got if k[0] == "mso_microservice_ready"]) == count + 2  # shop, blog
+    assert (
+        got[
+            (
+                "mso_microservice_replicas",
+                frozenset(
+                    {("namespace", "fleet"), ("name", f"svc-{count - 1}"), ("state", "desired")}
+                ),
+            )
+        ]
+        == count - 1
+    )
+    assert (
+        got[
+            (
+                "mso_rollbacks_total",
+                frozenset({("namespace", "fleet"), ("name", "svc-1001"), ("reason", "CrashLoop")}),
+            )
+        ]
+        == 1.0
+    )  # 1001 = 7 * 143, in the third piece
+
+    # What the library would write whole, line for line (its own encoder, in pieces).
+    whole = prometheus_client.generate_latest(_Whole(m)).decode()
+    assert text.splitlines() == whole.splitlines()
+
+
+class _Whole:
+    """The registry's families with each family's pieces joined into one."""
+
+    def __init__(self, m: OperatorMetrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        joined: dict[str, prometheus_client.Metric] = {}
+        for metric in self.m.registry.collect():
+            if metric.name in joined:
+                joined[metric.name].samples.extend(metric.samples)
+            else:
+                joined[metric.name] = metric
+        return iter(joined.values())
+
+
+def test_openmetrics_pieces_parse_strictly_and_end_once() -> None:
+    from prometheus_client.openmetrics.parser import (  # noqa: PLC0415
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    m = many(metrics_module.BATCH + 3)
+    content_type, pieces = metrics_module.exposition(
+        m.registry, "application/openmetrics-text; version=1.0.0"
+    )
+    assert content_type.startswith("application/openmetrics-text")
+    text = b"".join(pieces).decode()
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    # The OpenMetrics parser refuses a family that is interrupted or repeated.
+    families = list(openmetrics_families(text))
+    ready = next(f for f in families if f.name == "mso_microservice_ready")
+    assert len(ready.samples) == metrics_module.BATCH + 3 + 2
+
+
+def test_served_gzipped_and_filtered_by_name(
+    m: OperatorMetrics, server: metrics_module.MetricsServer
+) -> None:
+    import gzip  # noqa: PLC0415
+
+    for i in range(metrics_module.BATCH + 1):
+        observe(m, "fleet", f"svc-{i}")
+    request = urllib.request.Request(server.url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(resp.read())
+
+    def steady(text: bytes) -> list[bytes]:  # without the runtime's own changing figures
+        return [line for line in text.splitlines() if not re.search(rb"process_|python_gc", line)]
+
+    assert steady(body) == steady(m.render())
+
+    url = f"{server.url}?name[]=mso_microservice_ready&name[]=mso_build_info"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        families = list(text_string_to_metric_families(resp.read().decode()))
+    assert {f.name for f in families} == {"mso_microservice_ready", "mso_build_info"}
+    assert len(families[-1].samples + families[0].samples) == metrics_module.BATCH + 2
