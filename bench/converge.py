@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -69,6 +70,43 @@ class Result:
     rss_mb: float | None = None
     cpu_s: float | None = None
     writes: int | None = None  # restart phase: writes made
+    peak_at_s: float | None = None  # seconds into the phase when RSS was highest
+    rss_end_mb: float | None = None  # RSS at the end of the phase
+
+
+class RssTrace:
+    """The process's RSS every 0.2 s in a thread: when in a phase the peak came (the
+    start-up LISTs, the create wave, a scrape) and what stays afterwards."""
+
+    def __init__(self, op: OperatorProcess) -> None:
+        self.op = op
+        self.start = time.monotonic()
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            proc = self.op.proc
+            if proc is None:
+                continue
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            kib = float(line.split()[1])
+                            self.samples.append((time.monotonic() - self.start, kib / 1024))
+            except OSError:
+                continue
+
+    def finish(self, result: Result) -> None:
+        """Stop sampling; put the peak's time and the last RSS into ``result``."""
+        self._stop.set()
+        self._thread.join()
+        if self.samples:
+            result.peak_at_s = max(self.samples, key=lambda s: s[1])[0]
+            result.rss_end_mb = self.samples[-1][1]
 
 
 def wait_until(
@@ -206,6 +244,7 @@ def with_operator(
         assert op.proc is not None
         base = op.requests(verbs=ALL_VERBS)
         custom = client.CustomObjectsApi(api)
+        trace = RssTrace(op)
 
         def create(i: int) -> None:
             custom.create_namespaced_custom_object(
@@ -243,6 +282,7 @@ def with_operator(
         for (verb, res), value in after.items():
             result.requests[column(verb, res)] += int(value - base.get((verb, res), 0))
         result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+        trace.finish(result)
         if restart is not None:
             restarted(op, count, restart)
         # Now, not only at the end: deleting thousands of objects takes minutes.
@@ -265,6 +305,7 @@ def restarted(op: OperatorProcess, count: int, result: Result) -> None:
     wait_until(quiet, 600, "no writes for 10 s before the restart")
     op.stop()
     start = time.monotonic()
+    trace = RssTrace(op)  # from the start: the LISTs of every kind are in the peak
     op.start(timeout=600)  # returns once the caches are synced ("Started ..." logged)
 
     def all_reconciled() -> bool:
@@ -279,6 +320,7 @@ def restarted(op: OperatorProcess, count: int, result: Result) -> None:
     result.writes = int(sum(op.requests(verbs=WRITES).values()))
     assert op.proc is not None
     result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+    trace.finish(result)
 
 
 def table(results: list[Result]) -> str:
@@ -291,6 +333,8 @@ def table(results: list[Result]) -> str:
         *[f"{v}/N" for v in verbs],
         "writes",
         "peak RSS MiB",
+        "peak at s",
+        "RSS at end MiB",
         "CPU s",
         "CPU ms/N",
     ]
@@ -299,7 +343,10 @@ def table(results: list[Result]) -> str:
         row = [r.name, str(r.count), f"{r.seconds:.1f}"]
         row += [f"{r.requests.get(v, 0) / r.count:.2f}" for v in verbs]
         row += ["-" if r.writes is None else str(r.writes)]
-        row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-", f"{r.cpu_s:.1f}" if r.cpu_s else "-"]
+        row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-"]
+        row += ["-" if r.peak_at_s is None else f"{r.peak_at_s:.0f}"]
+        row += ["-" if r.rss_end_mb is None else f"{r.rss_end_mb:.0f}"]
+        row += [f"{r.cpu_s:.1f}" if r.cpu_s else "-"]
         row += [f"{1000 * r.cpu_s / r.count:.1f}" if r.cpu_s else "-"]
         lines.append("| " + " | ".join(row) + " |")
     by_name = {r.name: r for r in results}
