@@ -126,6 +126,7 @@ class Credentials:
     _expires_at: float | None = field(default=None, repr=False)  # monotonic, really
     _expiration: datetime.datetime | None = field(default=None, repr=False)  # wall clock
     _cert_dir: str | None = field(default=None, repr=False)
+    _memory_files: dict[str, int] = field(default_factory=dict, repr=False)
     _issued: int = field(default=0, repr=False)
 
     def refresh(self, *, force: bool = False, used: str | None = None) -> None:
@@ -177,6 +178,12 @@ class Credentials:
             cert = self._private_file(f"exec-{self._issued}.crt", status["clientCertificateData"])
             key = self._private_file(f"exec-{self._issued}.key", status["clientKeyData"])
             self.cert_file, self.key_file = cert, key
+            # The pair before stays readable (a TLS context may be loading it right
+            # now); older ones are closed, or a plugin renewing hourly would pile up.
+            for old in (f"exec-{self._issued - 2}.crt", f"exec-{self._issued - 2}.key"):
+                fd = self._memory_files.pop(old, None)
+                if fd is not None:
+                    os.close(fd)
         self.token = status.get("token") or None
         self._expires_at = self._expiration = None
         self._exec_due = float("inf")  # an expiration-less credential is kept until a 401
@@ -192,8 +199,18 @@ class Credentials:
             self._exec_due = now + max(0.0, left - EXEC_EARLY_SECONDS)
 
     def _private_file(self, name: str, pem: str) -> str:
-        """A PEM written where only this process reads it (ssl loads chains from files),
-        whole or not at all; removed at exit."""
+        """A PEM only this process reads (ssl loads chains from files), whole or not at
+        all. On Linux an anonymous memory file read through ``/proc/self/fd``: nothing
+        on disk, and gone with the process however it ends (files in /tmp outlived every
+        SIGKILLed operator, private keys included). Elsewhere a 0600 file in a private
+        directory, removed at a normal exit."""
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            fd = os.memfd_create(f"mso-{name}", os.MFD_CLOEXEC)
+            data = memoryview(pem.encode())
+            while data:
+                data = data[os.write(fd, data) :]
+            self._memory_files[name] = fd
+            return f"/proc/self/fd/{fd}"
         if self._cert_dir is None:
             self._cert_dir = tempfile.mkdtemp(prefix="mso-credentials-")
             atexit.register(shutil.rmtree, self._cert_dir, True)
