@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
+import sys
 import urllib.error
 import urllib.request
 
@@ -81,3 +83,13 @@ def test_readyz_says_why_until_ready() -> None:
             assert b"mso_" in resp.read()
     finally:
         server.stop()
+
+
+def test_few_malloc_arenas_asks_glibc_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert entry.few_malloc_arenas() is glibc
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's user knows better
+    assert entry.few_malloc_arenas() is False
