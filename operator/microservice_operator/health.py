@@ -347,7 +347,13 @@ def assess(
     missing = max(0, desired - len(active)) if deployment is not None and allowance else 0
     starting = len(young) + missing
     judged = desired - starting
-    ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready / judged, 1.0)
+    # Ready pods by the freshest evidence: the pods themselves or the Deployment's
+    # count, whichever is higher. A pod that just turned Ready is no longer starting,
+    # and the deployment controller may count it seconds later (under load, longer
+    # than failoverAfterSeconds): with the Deployment's count alone, such a pod was
+    # neither starting nor ready, and a healthy primary failed over.
+    ready_now = max(ready, sum(p.ready for p in active))
+    ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready_now / judged, 1.0)
     checks = [p.created + allowance for p in young if p.created is not None]
     old = [p for p in active if p.revision != revision]
     runs_revision = deployment is not None and deployment.revision == revision

@@ -558,6 +558,23 @@ def test_pods_within_their_startup_allowance_do_not_count_against_the_ratio() ->
     assert "2 pods starting" in h.summary
 
 
+def test_pods_that_turned_ready_before_the_deployment_counted_them_are_healthy() -> None:
+    """A slow app's pods turned Ready 40 s after they were created; the deployment
+    controller, behind on a loaded machine, still says 0 ready. They are no longer
+    starting, and they are ready: healthy, not 0/2 (which failed a healthy primary
+    over to its standby). Pods that are not ready yet still count against it."""
+    fo = Failover(podStartupSeconds=60)
+    created = NOW - timedelta(seconds=45)
+    pods = [pod("a", created=created), pod("b", created=created)]
+    h = assess(dep(desired=2, ready=0), pods, fo, NOW, revision=REV, revision_since=T0)
+    assert (h.starting, h.ratio, h.healthy) == (0, 1.0, True)
+    assert h.ready == 0 and not h.fully_healthy  # proving a revision waits for the Deployment
+    old = NOW - timedelta(seconds=90)
+    pods = [pod("a", created=created), pod("b", ready=False, created=old)]
+    h = assess(dep(desired=2, ready=0), pods, fo, NOW, revision=REV, revision_since=T0)
+    assert h.ratio == 0.5 and h.healthy is (fo.min_healthy_ratio <= 0.5)
+
+
 @pytest.mark.parametrize(
     ("reason", "age", "flagged"),
     [

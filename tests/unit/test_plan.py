@@ -418,7 +418,11 @@ def test_forged_failover_timers_are_ignored_not_trusted() -> None:
     assert observed.deployment is not None
     dep = copy.deepcopy(observed.deployment)
     dep["status"].update(readyReplicas=0, availableReplicas=0)
-    sick = plan.Observed(**{**observed.__dict__, "deployment": dep})
+    unready = tuple(
+        {**p, "status": {**p["status"], "conditions": [{"type": "Ready", "status": "False"}]}}
+        for p in observed.pods
+    )
+    sick = plan.Observed(**{**observed.__dict__, "deployment": dep, "pods": unready})
     p = plan.plan(obj, sick, NOW)
     assert p.destructive == []  # no traffic switch on the forged timer
     assert "StatusIgnored" in [e.reason for e in p.events]
