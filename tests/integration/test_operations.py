@@ -4,6 +4,7 @@ control plane (issue: health that means what users mean, items 3 to 8)."""
 from __future__ import annotations
 
 import copy
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,21 +95,39 @@ def test_standby_is_protected_and_autoscaled_while_it_carries_traffic(
         )
 
     wait_for(budget_counts, timeout=60, message="the standby's budget counts its 3 pods")
+
     # A drain evicts every pod of the node at once (kubectl drain: one request per pod,
-    # concurrently): the budget lets one go and refuses the others. (One at a time, a
-    # replacement that became Ready in between would rightly let the next one go.)
+    # concurrently). The budget lets one go; the API server holds the others and
+    # retries them every 0.5 s (up to 10 s), so each goes once a replacement is Ready.
+    # kwok makes replacements Ready at once, so whether any eviction is refused (429)
+    # depends on the disruption controller's pace: not asserted. What the budget
+    # promises is: never fewer than minAvailable serving, checked all along.
+    def serving() -> int:
+        return sum(
+            1
+            for p in pods(kube_api, namespace, STANDBY)
+            if not p.metadata.deletion_timestamp
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        )
+
     names = [p.metadata.name for p in pods(kube_api, namespace, STANDBY)]
-    with ThreadPoolExecutor(len(names)) as pool:
-        codes = list(pool.map(lambda n: evict(kube_api, namespace, n), names))
-    assert 429 in codes, codes  # refused by the budget (TooManyRequests)
-    # Whatever was evicted had been replaced first: never below minAvailable.
-    serving = [
-        p
-        for p in pods(kube_api, namespace, STANDBY)
-        if not p.metadata.deletion_timestamp
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-    ]
-    assert len(serving) >= 2, codes
+    lowest = [serving()]
+    draining = threading.Event()
+
+    def watch_serving() -> None:
+        while not draining.wait(0.05):
+            lowest.append(serving())
+
+    watcher = threading.Thread(target=watch_serving, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(len(names)) as pool:
+            codes = list(pool.map(lambda n: evict(kube_api, namespace, n), names))
+    finally:
+        draining.set()
+        watcher.join()
+    assert set(codes) <= {201, 429}, codes
+    assert min(lowest) >= 2, (codes, lowest)
     assert service_track(kube_api, namespace) == "standby"
 
     # Failback: the HPA follows traffic back to the primary.
@@ -315,6 +334,11 @@ def test_operator_upgrade_restarts_no_pod_and_keeps_the_quarantine(
             )
         gen = {n: rollout(kube_api, namespace, n) for n in ("bad", "good")}
 
+        def template(name: str) -> object:
+            dep = deployment(kube_api, namespace, name)
+            assert dep is not None
+            return kube_api.sanitize_for_serialization(dep.spec.template)
+
         # The upgrade, with rendering changes held back: no pod changes at all.
         operator.env_overrides["MSO_TEMPLATE_REFRESHES_PER_MINUTE"] = "0"
         operator.start()
@@ -336,12 +360,15 @@ def test_operator_upgrade_restarts_no_pod_and_keeps_the_quarantine(
             assert cond(get_ms(kube_api, namespace, name), "Ready")["status"] == "True"  # type: ignore[index]
 
         # At one rendering change per minute: one Deployment now, the other later.
+        templates = {n: template(n) for n in ("bad", "good")}
         operator.stop()
         operator.env_overrides["MSO_TEMPLATE_REFRESHES_PER_MINUTE"] = "1"
         operator.start()
 
         def refreshed() -> list[str]:
-            return [n for n in ("bad", "good") if rollout(kube_api, namespace, n)[0] != gen[n][0]]
+            # The pod templates as the operator wrote them: the deployment controller's
+            # rollout number can be tens of seconds behind on a loaded machine.
+            return [n for n in ("bad", "good") if template(n) != templates[n]]
 
         first = wait_for(refreshed, timeout=30, message="one rendering change rolled out")
         assert len(first) == 1
