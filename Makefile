@@ -63,15 +63,16 @@ image: ## Build the operator image with podman, no Docker engine needed (tools/i
 # Tests run in TEST_WORKERS processes against one control plane (pytest-xdist; each
 # process's operators watch only its own namespaces, see tests/integration/fixtures.py).
 # Modules that must stay in one process say so with an xdist_group mark. Tests marked
-# `serial` change the control plane for everyone (restart it, replace the CRD) and run
-# afterwards, alone. Two faster modes, measured in bench/README.md ("make test"):
-# SERIAL=alongside runs them at the same time on a second, private control plane
-# (SERIAL_CLUSTER: its own state directory and ports); MSO_TEST_ORDER=longest-first
-# starts the slowest tests first (by the last run's timings, tests/conftest.py). On
-# this 2-core machine both together load it enough that a few timing-bound tests
-# failed, so neither is the default.
-TEST_WORKERS ?= 4
-SERIAL ?= after
+# `serial` change the control plane for everyone (restart it, replace the CRD): by
+# default (SERIAL=alongside) they run at the same time on a second, private control
+# plane (SERIAL_CLUSTER: its own state directory and ports); SERIAL=after runs them
+# afterwards on the shared one, alone (slower; what a KUBECONFIG cluster always gets).
+# MSO_TEST_ORDER=longest-first starts the slowest tests first, by the last run's
+# timings in pytest's cache (tests/conftest.py; a fresh clone has none: collection
+# order). Figures in bench/README.md ("make test").
+TEST_WORKERS ?= 6
+SERIAL ?= alongside
+export MSO_TEST_ORDER ?= longest-first
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 SERIAL_CLUSTER = MSO_LOCALCLUSTER_DIR=$(CURDIR)/.localcluster-serial MSO_ETCD_PORT=17379 \
 	MSO_ETCD_PEER_PORT=17380 MSO_APISERVER_PORT=17443 MSO_CONTROLLER_MANAGER_PORT=17257 \
