@@ -767,6 +767,9 @@ class MicroServiceSeries(Collector):
         return self._families([])
 
     def collect(self) -> Iterable[Metric]:
+        """The families, each in pieces of :data:`BATCH` MicroServices: write them with
+        :func:`exposition` (the library's ``generate_latest`` would repeat a family's
+        HELP and TYPE lines for every piece past the first)."""
         with self._lock:
             records: list[_Snapshot] = [
                 (k, r.gauges, r.failovers, r.rollbacks, r.remediations)
