@@ -112,11 +112,15 @@ def test_standby_is_protected_and_autoscaled_while_it_carries_traffic(
 
     names = [p.metadata.name for p in pods(kube_api, namespace, STANDBY)]
     lowest = [serving()]
+    failed: list[BaseException] = []
     draining = threading.Event()
 
     def watch_serving() -> None:
-        while not draining.wait(0.05):
-            lowest.append(serving())
+        try:
+            while not draining.wait(0.05):
+                lowest.append(serving())
+        except BaseException as exc:  # reported below, not lost in the thread
+            failed.append(exc)
 
     watcher = threading.Thread(target=watch_serving, daemon=True)
     watcher.start()
@@ -126,6 +130,7 @@ def test_standby_is_protected_and_autoscaled_while_it_carries_traffic(
     finally:
         draining.set()
         watcher.join()
+    assert not failed, failed
     assert set(codes) <= {201, 429}, codes
     assert min(lowest) >= 2, (codes, lowest)
     assert service_track(kube_api, namespace) == "standby"
