@@ -304,6 +304,7 @@ class _QuietMetricsHandler(MetricsHandler):
     (:func:`exposition`), plus ``/readyz``."""
 
     readiness: Callable[[], tuple[bool, str]] = staticmethod(_not_ready)
+    protocol_version = "HTTP/1.1"  # for chunked responses; each one closes its connection
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         if self.path.split("?")[0] != "/readyz":
@@ -314,26 +315,39 @@ class _QuietMetricsHandler(MetricsHandler):
         self.send_response(200 if ready else 503)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
     def _metrics(self) -> None:
-        """The exposition as it is encoded, without a Content-Length: an HTTP/1.0
-        response ends when the connection closes. A failure half-way closes it early,
-        which the scraper sees as a failed scrape, as it should."""
+        """The exposition as it is encoded, so without a Content-Length: chunked (HTTP/1.1
+        clients), or ended by closing the connection (HTTP/1.0 ones). A failure half-way
+        closes the connection before the last chunk, which the scraper sees as a
+        failed scrape, not as a complete one with series missing."""
         names = parse_qs(urlparse(self.path).query).get("name[]")
         content_type, pieces = exposition(self.registry, self.headers.get("Accept"), names)  # type: ignore[arg-type]
         gzip = gzip_accepted(self.headers.get("Accept-Encoding") or "")
+        chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         if gzip:
             self.send_header("Content-Encoding", "gzip")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
         self.end_headers()
+
+        def write(data: bytes) -> None:
+            if data:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+
         packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None  # 31: gzip framing
         for piece in pieces:
-            self.wfile.write(packer.compress(piece) if packer else piece)
+            write(packer.compress(piece) if packer else piece)
         if packer:
-            self.wfile.write(packer.flush())
+            write(packer.flush())
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -341,6 +355,10 @@ class _QuietMetricsHandler(MetricsHandler):
 
 class _ThreadingServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scrape that failed half-way: one log line, not a traceback on stderr."""
+        log.warning("Serving %s failed", client_address, exc_info=True)
 
 
 class _ThreadingServer6(_ThreadingServer):

@@ -656,3 +656,28 @@ def test_served_gzipped_and_filtered_by_name(
         families = list(text_string_to_metric_families(resp.read().decode()))
     assert {f.name for f in families} == {"mso_microservice_ready", "mso_build_info"}
     assert len(families[-1].samples + families[0].samples) == metrics_module.BATCH + 2
+
+
+class _Breaks:
+    """A collector that fails after its first family, as a bug half-way would."""
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        yield prometheus_client.core.GaugeMetricFamily("mso_test_first", "first", value=1)
+        raise RuntimeError("broken collector")
+
+
+def test_a_scrape_that_fails_half_way_is_a_failed_scrape(
+    m: OperatorMetrics, server: metrics_module.MetricsServer
+) -> None:
+    import http.client  # noqa: PLC0415
+
+    with urllib.request.urlopen(server.url, timeout=10) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        whole = resp.read()
+    assert whole.endswith(b"\n") and b"mso_build_info" in whole
+
+    m.registry.register(_Breaks())  # type: ignore[arg-type]
+    with urllib.request.urlopen(server.url, timeout=10) as resp:
+        assert resp.status == 200  # sent before the failure
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()  # no last chunk: not mistaken for a complete exposition
