@@ -40,9 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # short ones fill the end. Every xdist worker reads the same cache, so all collect
     # the same order. An xdist_group (one process, its tests in order: a Helm release
     # installed, upgraded, uninstalled) moves as one, by its total. Only when asked
-    # (MSO_TEST_ORDER=longest-first: the longest tests then overlap, which loads a
-    # small machine); without timings (a fresh clone), or outside xdist, the order
-    # stays as collected.
+    # (MSO_TEST_ORDER=longest-first, which `make test` sets); without timings (a fresh
+    # clone), or outside xdist, the order stays as collected.
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     known: dict[str, float] = cache.get(DURATIONS, {}) if cache is not None else {}
     longest_first_asked = os.environ.get("MSO_TEST_ORDER") == "longest-first"

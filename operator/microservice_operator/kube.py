@@ -290,10 +290,9 @@ def _pool_manager(server: str, proxy_url: str | None, kw: dict[str, Any]) -> url
     """A pool to ``server``: through the kubeconfig's proxy-url, else through the
     environment's proxy for it (HTTPS_PROXY, NO_PROXY, as the client library did)."""
     if not proxy_url:
-        host = urllib.parse.urlsplit(server).hostname or ""
-        scheme = urllib.parse.urlsplit(server).scheme or "https"
-        if not urllib.request.proxy_bypass(host):
-            proxy_url = urllib.request.getproxies().get(scheme)
+        url = urllib.parse.urlsplit(server)
+        if not urllib.request.proxy_bypass(url.hostname or ""):
+            proxy_url = urllib.request.getproxies().get(url.scheme or "https")
     if not proxy_url:
         return urllib3.PoolManager(**kw)
     if proxy_url.startswith("socks"):
