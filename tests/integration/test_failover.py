@@ -214,14 +214,24 @@ def test_traffic_fails_over_to_the_standby_and_back(
         message="warm standby ready",
     )
     core = client.CoreV1Api(kube_api)
-    primary = [
-        p.metadata.name
-        for p in pods(kube_api, namespace, "app.kubernetes.io/instance=web,mso.dev/track=primary")
-    ]
+    selector = lambda: core.read_namespaced_service("web", namespace).spec.selector  # noqa: E731
+    on_primary = "app.kubernetes.io/instance=web,mso.dev/track=primary"
+    # The fault starts from a healthy primary carrying the traffic. (When a starved
+    # controller-manager creates the primary's pods only after failoverAfterSeconds,
+    # the standby rightly takes the traffic first, and gives it back once the primary
+    # has been healthy for failbackAfterSeconds.)
+    wait_for(
+        lambda: (
+            all_ready(kube_api, namespace, on_primary, 3)
+            and selector().get("mso.dev/track") == "primary"
+        ),
+        timeout=90,
+        message="traffic on a healthy primary",
+    )
+    primary = [p.metadata.name for p in pods(kube_api, namespace, on_primary)]
 
     set_ready(kube_api, namespace, primary[:2], False)
     sick_at = time.monotonic()
-    selector = lambda: core.read_namespaced_service("web", namespace).spec.selector  # noqa: E731
     wait_for(
         lambda: selector().get("mso.dev/track") == "standby",
         timeout=5 + 20,
