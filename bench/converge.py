@@ -178,10 +178,11 @@ def floor(api: client.ApiClient, count: int, workers: int) -> Result:
     spec = MicroServiceSpec.model_validate(SPEC)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     result = Result("floor (plain client)", count)
+    want = spec.replicas or 1  # the same pods as the operator's: --replicas each
 
     def create(i: int) -> None:
         owner = render.Owner(name=f"svc-{i}", namespace=ns, uid="")
-        dep = render.build_deployment(owner, spec, replicas=1)
+        dep = render.build_deployment(owner, spec, replicas=want)
         svc = render.build_service(owner, spec)
         for obj in (dep, svc):
             obj["metadata"].pop("ownerReferences", None)  # no owner exists in the floor
@@ -196,7 +197,14 @@ def floor(api: client.ApiClient, count: int, workers: int) -> Result:
     def available() -> bool:
         result.requests["list"] += 1
         deps = apps.list_namespaced_deployment(ns).items
-        return len(deps) == count and all((d.status.available_replicas or 0) >= 1 for d in deps)
+        # What the operator's Ready asks of a Deployment: rolled out, every replica
+        # ready and available.
+        return len(deps) == count and all(
+            (d.status.updated_replicas or 0) == want
+            and (d.status.ready_replicas or 0) == want
+            and (d.status.available_replicas or 0) == want
+            for d in deps
+        )
 
     wait_until(available, 1800, f"{count} floor Deployments Available")
     result.seconds = time.monotonic() - start
