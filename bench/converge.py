@@ -72,6 +72,8 @@ class Result:
     writes: int | None = None  # restart phase: writes made
     peak_at_s: float | None = None  # seconds into the phase when RSS was highest
     rss_end_mb: float | None = None  # RSS at the end of the phase
+    plans: float | None = None  # reconciles that planned (ran the plan)
+    skipped: float | None = None  # reconciles skipped: nothing they read had changed
 
 
 class RssTrace:
@@ -239,6 +241,13 @@ def scrape_total(op: OperatorProcess, name: str) -> float:
     return sum(v for (n, _), v in op.scrape().items() if n == name)
 
 
+def count_reconciles(op: OperatorProcess, result: Result) -> None:
+    """How often the operator planned, and skipped planning, so far (a fresh process:
+    every phase starts one)."""
+    result.plans = scrape_total(op, "mso_reconcile_duration_seconds_count")
+    result.skipped = scrape_total(op, "mso_reconciles_skipped_total")
+
+
 def with_operator(
     api: client.ApiClient, kubeconfig: str, count: int, workers: int, restart: Result | None
 ) -> Result:
@@ -290,6 +299,7 @@ def with_operator(
         for (verb, res), value in after.items():
             result.requests[column(verb, res)] += int(value - base.get((verb, res), 0))
         result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+        count_reconciles(op, result)
         trace.finish(result)
         if restart is not None:
             restarted(op, count, restart)
@@ -328,6 +338,7 @@ def restarted(op: OperatorProcess, count: int, result: Result) -> None:
     result.writes = int(sum(op.requests(verbs=WRITES).values()))
     assert op.proc is not None
     result.rss_mb, result.cpu_s = proc_stats(op.proc.pid)
+    count_reconciles(op, result)
     trace.finish(result)
 
 
@@ -340,6 +351,8 @@ def table(results: list[Result]) -> str:
         "seconds",
         *[f"{v}/N" for v in verbs],
         "writes",
+        "plans/N",
+        "skipped/N",
         "peak RSS MiB",
         "peak at s",
         "RSS at end MiB",
@@ -351,6 +364,8 @@ def table(results: list[Result]) -> str:
         row = [r.name, str(r.count), f"{r.seconds:.1f}"]
         row += [f"{r.requests.get(v, 0) / r.count:.2f}" for v in verbs]
         row += ["-" if r.writes is None else str(r.writes)]
+        row += ["-" if r.plans is None else f"{r.plans / r.count:.2f}"]
+        row += ["-" if r.skipped is None else f"{r.skipped / r.count:.2f}"]
         row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-"]
         row += ["-" if r.peak_at_s is None else f"{r.peak_at_s:.0f}"]
         row += ["-" if r.rss_end_mb is None else f"{r.rss_end_mb:.0f}"]
