@@ -31,11 +31,12 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 
 
 def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest carrying its own hash as an annotation."""
-    out: dict[str, Any] = json.loads(json.dumps(manifest))
-    annotations = out["metadata"].setdefault("annotations", {})
-    annotations[APPLIED_HASH] = manifest_hash(manifest)
-    return out
+    """The manifest carrying its own hash as an annotation: a new top level and
+    metadata, the rest shared with ``manifest`` (rendered manifests are never modified
+    in place)."""
+    meta = manifest["metadata"]
+    annotations = {**(meta.get("annotations") or {}), APPLIED_HASH: manifest_hash(manifest)}
+    return {**manifest, "metadata": {**meta, "annotations": annotations}}
 
 
 _QUANTITY = re.compile(

@@ -133,7 +133,7 @@ class Store:
         already seen past it: then an object missing from the store was deleted in
         between (and its deletion may even predate a relist), so a late answer must not
         bring it back."""
-        obj = prepare(kind, obj)
+        obj = prepare(kind, obj, self.previous(kind, obj))
         i = ident(obj)
         rv = resource_version(obj)
         with self._lock:
@@ -223,6 +223,18 @@ class Store:
             del tombs[i]
 
     # ------------------------------------------------------------------ reads
+    def previous(self, kind: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored version of the same object as ``obj`` (same name and uid): what
+        :func:`prepare` takes unchanged parts from."""
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or "name" not in meta:
+            return None
+        with self._lock:
+            stored = self._objects.get(kind, {}).get((meta.get("namespace", ""), meta["name"]))
+        if stored is None or stored.get("metadata", {}).get("uid") != meta.get("uid"):
+            return None
+        return stored
+
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The stored object, or None."""
         with self._lock:
@@ -377,13 +389,31 @@ TRIMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 the caches are the process's memory."""
 
 
-def prepare(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+FREE_FORM_KINDS = frozenset({"MicroService", "ControllerRevision"})
+"""Kinds with parts of free-form JSON (a MicroService's preserve-unknown-fields parts,
+a history record's data), where a value may change type (1 to true) while Python calls
+the two equal: only their metadata is taken over from the previous version."""
+
+
+def prepare(
+    kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """An object as the cache keeps it: trimmed, its strings shared, and the field sets
-    of its managedFields shared with every other object's equal ones (in place)."""
+    of its managedFields shared with every other object's equal ones (in place).
+
+    ``previous`` is the version the cache holds now: what did not change is taken
+    from it as it is (see :func:`share`), so a new version costs a walk over what
+    changed only."""
     trim = TRIMS.get(kind)
-    shared: dict[str, Any] = share(trim(obj) if trim is not None else obj)
+    like: dict[str, Any] | None = previous
+    if previous is not None and kind in FREE_FORM_KINDS:
+        like = {"metadata": previous.get("metadata")}
+    shared: dict[str, Any] = share(trim(obj) if trim is not None else obj, like=like)
     meta = shared.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("managedFields"), list):
+        before = (previous or {}).get("metadata") or {}
+        if meta["managedFields"] is before.get("managedFields"):
+            return shared  # taken over whole: its field sets are shared already
         for entry in meta["managedFields"]:
             if isinstance(entry, dict) and isinstance(entry.get("fieldsV1"), dict):
                 entry["fieldsV1"] = intern_fields(entry["fieldsV1"])[1]
@@ -530,12 +560,12 @@ class Informer:
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
 
     def _list(self) -> None:
-        kind = self.kind
+        kind, store = self.kind, self.store
         objs, list_rv = self.kube.list_with_version(
             self.resource,
             self.namespace,
             label_selector=self.label_selector,
-            each=lambda o: prepare(kind, o),
+            each=lambda o: prepare(kind, o, store.previous(kind, o)),
         )
         changed = self.store.replace(self.kind, objs, list_rv, namespace=self.namespace)
         if self.synced.is_set():
@@ -583,7 +613,7 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.kind)
-            prepare(self.kind, obj)
+            prepare(self.kind, obj, self.store.previous(self.kind, obj))
             if etype == "DELETED":
                 stored = self.store.delete(self.kind, obj)
                 changed = [stored or obj]

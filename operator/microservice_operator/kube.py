@@ -182,7 +182,7 @@ _UNIQUE_VALUES = frozenset({"resourceVersion", "uid", "podIP", "hostIP"})
 """Keys whose values no two objects share: not worth a table entry."""
 
 
-def share(obj: Any, key: str = "") -> Any:
+def share(obj: Any, key: str = "", like: Any = None) -> Any:
     """``obj`` with its keys and short string values replaced by one shared copy each
     (in place for dicts and lists; returns it).
 
@@ -192,10 +192,18 @@ def share(obj: Any, key: str = "") -> Any:
     to objects after they are trimmed, so the walk is short. The table is bounded (a
     string past the bound is kept as decoded); values no two objects share
     (resourceVersion, uid, IPs) and long ones (hashes, messages) never enter it.
+
+    ``like`` is the previous version of the same object, already shared: every part of
+    ``obj`` equal to the same part there *is* that part afterwards, unwalked. A new
+    version of a pod or a Deployment mostly repeats the last one (a status field moved),
+    so the walk is then only over what changed, and the unchanged parts stay one copy.
+    Equality is Python's (``1 == True``), so callers pass ``like`` only where the API's
+    types are fixed per field (see :func:`informer.prepare`).
     """
     table = _STRINGS
     full = len(table) >= _MAX_STRINGS
     if isinstance(obj, dict):
+        prev = like if isinstance(like, dict) else None
         items = list(obj.items())
         obj.clear()
         for k, v in items:
@@ -204,18 +212,27 @@ def share(obj: Any, key: str = "") -> Any:
                 if len(v) <= 64 and k not in _UNIQUE_VALUES:
                     value = table.get(v, v) if full else table.setdefault(v, v)
             elif isinstance(v, dict | list):
-                share(v, k)
+                old = prev.get(k) if prev is not None else None
+                if old is not None and type(old) is type(v) and old == v:
+                    value = old
+                else:
+                    share(v, k, old)
             name = k
             if len(k) <= 64 and not k.startswith(("k:", "v:")):
                 name = table.get(k, k) if full else table.setdefault(k, k)
             obj[name] = value
     elif isinstance(obj, list):
+        prev_list = like if isinstance(like, list) and len(like) == len(obj) else None
         for i, v in enumerate(obj):
             if isinstance(v, str):
                 if len(v) <= 64 and key not in _UNIQUE_VALUES:
                     obj[i] = table.get(v, v) if full else table.setdefault(v, v)
             elif isinstance(v, dict | list):
-                share(v, key)
+                old = prev_list[i] if prev_list is not None else None
+                if old is not None and type(old) is type(v) and old == v:
+                    obj[i] = old
+                else:
+                    share(v, key, old)
     return obj
 
 

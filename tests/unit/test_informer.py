@@ -427,3 +427,65 @@ def test_equal_field_sets_are_one_object_and_unchanged() -> None:
     assert fa["f:metadata"] is not fb["f:metadata"]
     assert fa["f:metadata"]["f:labels"] is fb["f:metadata"]["f:labels"]
     assert list(fb["f:metadata"]["f:ownerReferences"]) == ['k:{"uid":"u2"}']
+
+
+def test_a_new_version_takes_what_did_not_change_from_the_cached_one() -> None:
+    """A pod's next version mostly repeats the last: the unchanged parts are the cached
+    objects themselves (one copy, no walk), the changed ones are the new values."""
+
+    def version(rv: int, ready: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": "p",
+                "namespace": "ns",
+                "uid": "u1",
+                "resourceVersion": str(rv),
+                "labels": {"app.kubernetes.io/instance": "shop", "mso.dev/track": "primary"},
+            },
+            "spec": {"nodeName": "n1"},
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": ready},
+                ],
+            },
+        }
+
+    store = Store()
+    store.put("Pod", prepare("Pod", version(5, "False")))
+    cached = store.get("Pod", "ns", "p")
+    assert cached is not None
+    new = prepare("Pod", version(6, "True"), store.previous("Pod", version(6, "True")))
+    assert new == {**version(6, "True"), "spec": {"nodeName": "n1"}}
+    assert new["metadata"]["labels"] is cached["metadata"]["labels"]
+    assert new["spec"] is cached["spec"]
+    assert new["status"]["conditions"][0] is cached["status"]["conditions"][0]
+    assert new["status"]["conditions"][1]["status"] == "True"
+    assert cached["status"]["conditions"][1]["status"] == "False"  # never modified
+    # Another incarnation (a new uid) takes nothing from the old one.
+    other = version(7, "True")
+    other["metadata"]["uid"] = "u2"
+    assert store.previous("Pod", other) is None
+
+
+def test_free_form_parts_never_take_a_value_python_calls_equal() -> None:
+    """1 == True in Python: a MicroService's free-form field changed from 1 to true is a
+    change, so only its metadata comes from the cached version."""
+    old = prepare(
+        "MicroService",
+        {
+            "metadata": {"name": "shop", "namespace": "ns", "uid": "u", "labels": {"a": "b"}},
+            "spec": {"failover": {"standby": {"affinity": {"x": 1}}}},
+        },
+    )
+    new = prepare(
+        "MicroService",
+        {
+            "metadata": {"name": "shop", "namespace": "ns", "uid": "u", "labels": {"a": "b"}},
+            "spec": {"failover": {"standby": {"affinity": {"x": True}}}},
+        },
+        old,
+    )
+    assert new["spec"]["failover"]["standby"]["affinity"]["x"] is True
+    assert new["metadata"]["labels"] is old["metadata"]["labels"]
