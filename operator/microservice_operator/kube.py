@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import pydantic_core
 import urllib3
 
 from .connection import ConfigError, Credentials
@@ -238,8 +239,21 @@ def share(obj: Any, key: str = "", like: Any = None) -> Any:
 
 def decode(raw: bytes | str) -> Any:
     """JSON as the API server sent it (the caches keep it trimmed, then shared:
-    :func:`share`)."""
-    return json.loads(raw)
+    :func:`share`).
+
+    pydantic-core's parser (a dependency already): about twice as fast as ``json``'s on
+    the API's objects, and every watch event and answer goes through here. Its bounded
+    cache of keys makes equal keys one string across documents; values are left to
+    :func:`share`, which knows which are worth sharing. Invalid JSON raises ValueError,
+    as ``json.loads`` does."""
+    return pydantic_core.from_json(raw, cache_strings="keys")
+
+
+def encode(body: Any) -> bytes:
+    """A request body as compact JSON (UTF-8, as the API server reads it): pydantic-core's
+    encoder, several times faster than ``json.dumps``. Hashes that must stay stable
+    across versions (revisions, applied-hash annotations) keep ``json.dumps``."""
+    return pydantic_core.to_json(body)
 
 
 class KubeError(Exception):
@@ -476,7 +490,7 @@ class Kube:
         """Send one request; transport failures become KubeError(0, "TransportError")
         so that every caller (the elector, informers, workers) handles them like API
         errors instead of dying on urllib3's exceptions."""
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else encode(body)
         try:
             return self.transport.request(
                 method,

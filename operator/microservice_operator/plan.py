@@ -347,6 +347,7 @@ class _Reconcile:
     state: FailoverState
     result: Plan = field(default_factory=Plan)
     aliases: dict[str, str] = field(default_factory=dict)  # operator 0.1 revision -> ours
+    revision: str = ""  # the spec's revision, as this version names it
     refresh: bool = True  # roll out rendering changes of unchanged revisions now
     standby_replicas: int | None = None  # what the standby is rendered with (None: HPA)
     # Analysis verdicts: on the release proving itself, and on the proven primary.
@@ -412,8 +413,10 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         # start them afresh, and count the remediation budget as spent for a window.
         spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
         state = FailoverState(remediations=spent or None)
+    raw = ms.get("spec") or {}
+    key = _spec_key(name, raw)
     records, aliases = _upgrade_history(
-        history.read_history(list(observed.revisions), uid), spec, name, ms.get("spec") or {}
+        history.read_history(list(observed.revisions), uid), spec, name, raw, key
     )
     r = _Reconcile(
         ms=ms,
@@ -428,6 +431,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         result=Plan(observed=observed),
         aliases=aliases,
         refresh=refresh,
+        revision=_names(spec, name, raw, key)[0],
     )
     if forger is not None:
         r.result.events.append(
@@ -459,9 +463,12 @@ def _spec_key(name: str, raw: Any) -> tuple[str, str]:
     return name, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
-    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``)."""
-    key = _spec_key(name, raw)
+def _names(
+    spec: MicroServiceSpec, name: str, raw: Any, key: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``;
+    ``key``: its :func:`_spec_key`, if known already)."""
+    key = key or _spec_key(name, raw)
     names = _NAMES.get(key)
     if names is None:
         names = (render.revision(spec), render.legacy_revision(spec, name))
@@ -470,7 +477,11 @@ def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
 
 
 def _upgrade_history(
-    records: history.History, spec: MicroServiceSpec, name: str, raw: Any
+    records: history.History,
+    spec: MicroServiceSpec,
+    name: str,
+    raw: Any,
+    key: tuple[str, str] | None = None,
 ) -> tuple[history.History, dict[str, str]]:
     """Records and revisions as this version names them, and the aliases of the
     revisions operator 0.1 named by its rendered template (Deployments and pods it
@@ -480,7 +491,8 @@ def _upgrade_history(
     is 0.1's name of the spec as it is now. The records are rewritten under the new
     names by the normal history changes, once.
     """
-    current, legacy = _names(spec, name, raw)
+    key = key or _spec_key(name, raw)
+    current, legacy = _names(spec, name, raw, key)
     aliases = {legacy: current}
     good, bad = records.last_known_good, records.quarantine
     if good is not None:
@@ -513,7 +525,7 @@ def _retry_request(r: _Reconcile) -> None:
     r.result.handled_annotations.append((RETRY_ANNOTATION, wanted))
     bad = r.records.quarantine
     if bad is None or wanted.strip() not in (bad.revision, "", "true"):
-        desired = _names(r.spec, r.name, r.ms.get("spec") or {})[0]
+        desired = r.revision
         if bad is None and r.state.attempt_since is None and wanted.strip() == desired:
             # Cut short after the quarantine was lifted, before status was written:
             # the attempt still began when the user asked (their last write).
@@ -569,7 +581,7 @@ def _revision_phase(r: _Reconcile) -> _Revision:
     """Which revision should run: the spec's, or the last known good one; records to
     keep (ControllerRevisions) and the Events of the decision."""
     spec, result, records = r.spec, r.result, r.records
-    desired_revision = _names(spec, r.name, r.ms.get("spec") or {})[0]
+    desired_revision = r.revision
     target = failover.target_revision(
         desired_revision=desired_revision,
         last_known_good=records.last_known_good,
