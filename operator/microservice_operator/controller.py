@@ -141,7 +141,7 @@ class Controller:
         self.store = Store()
         self.queue = WorkQueue()
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
-        self.executor = Executor(kube, self.store, metrics)
+        self.executor = Executor(kube, self.store, metrics, self._changed)
         self.pacer = Pacer(settings.template_refreshes_per_minute)
         self.informers: list[Informer] = []
         self.elector: Elector | None = None

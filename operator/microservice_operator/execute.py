@@ -9,8 +9,9 @@ reconcile and handles leadership, caches and workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,10 +88,32 @@ def _observation(
 class Executor:
     """Observes a MicroService (cached or live) and executes its plans."""
 
-    def __init__(self, kube: Kube, store: Store, metrics: OperatorMetrics) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        store: Store,
+        metrics: OperatorMetrics,
+        on_change: Callable[[str, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
         self.kube = kube
         self.store = store
         self.metrics = metrics
+        # Where changes the watch made to an object while we wrote it are reported
+        # (the informers' callback): see Store.begin_write.
+        self.on_change = on_change
+
+    @contextlib.contextmanager
+    def _writing(self, kind: str, namespace: str, name: str) -> Iterator[None]:
+        """Around our writes of one object: the watch's echo of them is no news;
+        anyone else's change meanwhile is reported when the writes are over."""
+        i = (namespace, name)
+        self.store.begin_write(kind, i)
+        try:
+            yield
+        finally:
+            news = self.store.end_write(kind, i)
+            if news is not None and self.on_change is not None:
+                self.on_change(kind, [news])
 
     def observed(self, key: Key) -> planning.Observed:
         """What the caches hold for a MicroService."""
@@ -131,7 +154,8 @@ class Executor:
         ns = ms["metadata"]["namespace"]
         name = ms["metadata"]["name"]
         for record in p.history_applies:
-            self.store.put_written("ControllerRevision", self.kube.apply(record))
+            with self._writing("ControllerRevision", ns, record["metadata"]["name"]):
+                self.store.wrote("ControllerRevision", self.kube.apply(record))
             log.info("Recorded ControllerRevision %s/%s", ns, record["metadata"]["name"])
         for deployment in p.handoffs:
             self.kube.handoff_replicas(deployment)
@@ -139,13 +163,16 @@ class Executor:
             kind = manifest["kind"]
             child = manifest["metadata"]["name"]
             seen = p.observed.find(kind, child) if p.observed is not None else None
-            live = self.apply_child(ms, manifest, seen)
-            seed = p.seeds.get(child) if kind == "Deployment" and seen is None else None
-            if seed is not None:
-                # Created without spec.replicas (the HPA's field): start at minReplicas
-                # under the hand-off manager, which the HPA takes the field over from.
-                live = self.kube.handoff_replicas(live, replicas=seed)
-            self.store.put_written(kind, live)
+            with self._writing(kind, ns, child):
+                live = self.apply_child(ms, manifest, seen)
+                seed = p.seeds.get(child) if kind == "Deployment" and seen is None else None
+                if seed is not None:
+                    # Created without spec.replicas (the HPA's field): start at
+                    # minReplicas under the hand-off manager, which the HPA takes the
+                    # field over from.
+                    self.store.wrote(kind, live, keep=False)  # the next answer is newer
+                    live = self.kube.handoff_replicas(live, replicas=seed)
+                self.store.wrote(kind, live)
             log.info("%s %s %s/%s", "Created" if seen is None else "Updated", kind, ns, child)
         for kind, child, uid in p.deletes:
             if self.kube.delete(BY_KIND[kind], ns, child, uid=uid):
@@ -161,9 +188,10 @@ class Executor:
         self.record(ms, p)
         # Last: a request annotation is removed only once what it asked for is done.
         for key, value in p.handled_annotations:
-            patched = self.kube.remove_annotation(MICROSERVICES, ns, name, key, value)
-            if patched is not None:
-                self.store.put_written(MS_KIND, patched)
+            with self._writing(MS_KIND, ns, name):
+                patched = self.kube.remove_annotation(MICROSERVICES, ns, name, key, value)
+                if patched is not None:
+                    self.store.wrote(MS_KIND, patched)
 
     def apply_child(
         self, ms: dict[str, Any], manifest: dict[str, Any], seen: dict[str, Any] | None
@@ -203,9 +231,10 @@ class Executor:
             return
         meta = ms["metadata"]
         patch = planning.merge_patch(ms.get("status") or {}, p.status)
-        patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
-        if patched is not None:
-            self.store.put_written(MS_KIND, patched)
+        with self._writing(MS_KIND, meta["namespace"], meta["name"]):
+            patched = self.kube.patch_status(meta["namespace"], meta["name"], patch)
+            if patched is not None:
+                self.store.wrote(MS_KIND, patched)
 
     def record(self, ms: dict[str, Any], p: planning.Plan) -> None:
         meta = ms["metadata"]

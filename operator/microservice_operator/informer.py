@@ -93,13 +93,22 @@ class Store:
         # (kind, namespace or None for all) -> the newest resourceVersion the informer
         # has seen: every object at or below it that exists is in the store.
         self._watermarks: dict[tuple[str, str | None], int] = {}
+        # Our writes in flight, by (kind, ident): how many; the resourceVersions they
+        # produced; the versions the watch stored meanwhile without telling anyone.
+        self._writing: dict[tuple[str, Ident], int] = {}
+        self._ours: dict[tuple[str, Ident], set[int]] = {}
+        self._held: dict[tuple[str, Ident], list[int]] = {}
 
     # ------------------------------------------------------------------ writes
-    def put(self, kind: str, obj: dict[str, Any]) -> bool:
+    def put(self, kind: str, obj: dict[str, Any], *, watched: bool = True) -> bool:
         """Store ``obj`` unless the same or a newer version, or its deletion, is already
         known. True if what decisions read changed: a new version that differs only in
         resourceVersion or managedFields (for pods, only in fields trimmed away) is
-        stored but triggers no reconcile."""
+        stored but triggers no reconcile.
+
+        A ``watched`` version (from the watch or a LIST) of an object we are writing
+        right now is stored but reported by :meth:`end_write` instead, and only if it is
+        not the result of our own write."""
         i = ident(obj)
         rv = resource_version(obj)
         with self._lock:
@@ -118,7 +127,48 @@ class Store:
             owner = owner_key(obj)
             if owner is not None:
                 self._by_owner.setdefault(kind, {}).setdefault(owner, set()).add(i)
-            return old is None or _content(old) != _content(obj)
+            changed = old is None or _content(old) != _content(obj)
+            if changed and watched and (kind, i) in self._writing:
+                self._held.setdefault((kind, i), []).append(rv)
+                return False
+            return changed
+
+    def begin_write(self, kind: str, i: Ident) -> None:
+        """We are about to write this object: hold the watch's news of it until
+        :meth:`end_write`.
+
+        The watch often delivers the echo of our own write before our request has
+        its answer back; reported, that echo planned the MicroService once more for
+        nothing (at scale, one plan in seven). What the API server made of our write is
+        what the plan asked for; anyone else's change meanwhile is still reported."""
+        with self._lock:
+            key = (kind, i)
+            self._writing[key] = self._writing.get(key, 0) + 1
+
+    def wrote(self, kind: str, obj: dict[str, Any], *, keep: bool = True) -> bool:
+        """Remember the version of the answer to one of our writes begun with
+        :meth:`begin_write` as ours, and store it (see :meth:`put_written`) unless not
+        ``keep``: a newer answer of ours follows."""
+        with self._lock:
+            self._ours.setdefault((kind, ident(obj)), set()).add(resource_version(obj))
+        return self.put_written(kind, obj) if keep else False
+
+    def end_write(self, kind: str, i: Ident) -> dict[str, Any] | None:
+        """The write begun with :meth:`begin_write` is over (done or failed). Returns the
+        stored object if the watch stored a version meanwhile that no write of ours
+        produced: someone else's change, which the caller must report; else None."""
+        with self._lock:
+            key = (kind, i)
+            n = self._writing.get(key, 0) - 1
+            if n > 0:
+                self._writing[key] = n
+                return None
+            self._writing.pop(key, None)
+            held = self._held.pop(key, [])
+            ours = self._ours.pop(key, set())
+            if any(rv not in ours for rv in held):
+                return self._objects.get(kind, {}).get(i)
+            return None
 
     def advance(self, kind: str, namespace: str | None, rv: int) -> None:
         """The informer of ``kind`` (in ``namespace``, or all) has seen everything up to
@@ -141,7 +191,7 @@ class Store:
             seen = max(self._watermarks.get((kind, i[0]), 0), self._watermarks.get((kind, None), 0))
         if not known and 0 < rv <= seen:
             return False
-        return self.put(kind, obj)
+        return self.put(kind, obj, watched=False)
 
     def delete(self, kind: str, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Forget a deleted object and remember its deletion; returns what was stored.

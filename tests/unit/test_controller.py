@@ -278,3 +278,43 @@ def test_a_burst_of_child_events_is_one_reconcile() -> None:
         return before, after, len(c.queue)
 
     assert asyncio.run(run()) == (0, 1, 2)
+
+
+class EchoingKube:
+    """patch_status as the API server and the watch race it: the watch delivers the
+    new version (and, if asked, someone else's just before it) before the answer."""
+
+    def __init__(self, store: Store, other_first: bool) -> None:
+        self.store, self.other_first = store, other_first
+
+    def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        def version(rv: int, st: dict[str, Any]) -> dict[str, Any]:
+            meta = {"name": name, "namespace": ns, "uid": "u1", "resourceVersion": str(rv)}
+            return {"kind": "MicroService", "metadata": meta, "status": st}
+
+        if self.other_first:
+            self.store.put("MicroService", version(7, {"forged": True}))
+        self.store.put("MicroService", version(8, status))
+        return version(8, status)
+
+
+@pytest.mark.parametrize("other_first", [False, True])
+def test_our_own_status_write_is_not_news_but_a_change_made_meanwhile_is(
+    other_first: bool,
+) -> None:
+    """The echo of our write would plan the MicroService again for nothing; a change
+    someone else made while we wrote must still reach a reconcile."""
+    store = Store()
+    ms = {"metadata": {"name": "web", "namespace": "ns", "uid": "u1", "resourceVersion": "5"}}
+    store.put("MicroService", copy.deepcopy(ms))
+    news: list[tuple[str, list[dict[str, Any]]]] = []
+    ex = Executor(
+        EchoingKube(store, other_first),  # type: ignore[arg-type]
+        store,
+        OperatorMetrics(),
+        lambda kind, objs: news.append((kind, objs)),
+    )
+    p = planning.Plan(status={"phase": "Ready"}, status_changed=True)
+    ex.write_status(ms, p)
+    assert store.get("MicroService", "ns", "web")["status"] == {"phase": "Ready"}  # type: ignore[index]
+    assert [kind for kind, _ in news] == (["MicroService"] if other_first else [])

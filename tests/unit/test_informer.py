@@ -489,3 +489,36 @@ def test_free_form_parts_never_take_a_value_python_calls_equal() -> None:
     )
     assert new["spec"]["failover"]["standby"]["affinity"]["x"] is True
     assert new["metadata"]["labels"] is old["metadata"]["labels"]
+
+
+def test_the_echo_of_our_own_write_is_no_news_but_anyone_elses_change_is() -> None:
+    """While we write an object, the watch may deliver the write's echo before our
+    request has its answer: that version is stored but reported by nobody. A version
+    someone else made meanwhile is reported when the write is over."""
+    store = Store()
+    i = ("ns", "shop")
+    assert store.put("MicroService", obj("shop", 5))
+
+    # Our status write: its echo (rv 6) arrives first, then the answer.
+    store.begin_write("MicroService", i)
+    assert not store.put("MicroService", {**obj("shop", 6), "status": {"x": 1}})
+    store.wrote("MicroService", {**obj("shop", 6), "status": {"x": 1}})
+    assert store.end_write("MicroService", i) is None
+    assert store.get("MicroService", *i) == {**obj("shop", 6), "status": {"x": 1}}
+
+    # Someone else's change (rv 7) lands just before ours (rv 8), both echoed first.
+    store.begin_write("MicroService", i)
+    assert not store.put("MicroService", {**obj("shop", 7), "status": {"x": 2}})
+    assert not store.put("MicroService", {**obj("shop", 8), "status": {"x": 3}})
+    store.wrote("MicroService", {**obj("shop", 8), "status": {"x": 3}})
+    news = store.end_write("MicroService", i)
+    assert news is not None and news["metadata"]["resourceVersion"] == "8"
+
+    # A write that fails: whatever the watch stored meanwhile is news.
+    store.begin_write("MicroService", i)
+    assert not store.put("MicroService", {**obj("shop", 9), "status": {"x": 4}})
+    news = store.end_write("MicroService", i)
+    assert news is not None and news["metadata"]["resourceVersion"] == "9"
+
+    # No write in flight: reported at once, as always.
+    assert store.put("MicroService", {**obj("shop", 10), "status": {"x": 5}})
