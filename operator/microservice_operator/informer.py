@@ -461,10 +461,13 @@ def prepare(
     shared: dict[str, Any] = share(trim(obj) if trim is not None else obj, like=like)
     meta = shared.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("managedFields"), list):
-        before = (previous or {}).get("metadata") or {}
-        if meta["managedFields"] is before.get("managedFields"):
-            return shared  # taken over whole: its field sets are shared already
+        before = ((previous or {}).get("metadata") or {}).get("managedFields")
+        # Entries taken over from the cached version have their field sets shared
+        # already, and are the cached version's own: never written to again.
+        taken = {id(e) for e in before} if isinstance(before, list) else set()
         for entry in meta["managedFields"]:
+            if id(entry) in taken:
+                continue
             if isinstance(entry, dict) and isinstance(entry.get("fieldsV1"), dict):
                 entry["fieldsV1"] = intern_fields(entry["fieldsV1"])[1]
     return shared

@@ -522,3 +522,33 @@ def test_the_echo_of_our_own_write_is_no_news_but_anyone_elses_change_is() -> No
 
     # No write in flight: reported at once, as always.
     assert store.put("MicroService", {**obj("shop", 10), "status": {"x": 5}})
+
+
+def test_a_deployment_status_change_takes_its_field_sets_from_the_cached_version() -> None:
+    """Our apply's managedFields entry is the same object in the next version (a status
+    change), its field sets interned once, and the cached version stays as it was."""
+
+    def version(rv: int, ready: int) -> dict[str, Any]:
+        fields = {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}
+        return {
+            "metadata": {
+                "name": "d",
+                "namespace": "ns",
+                "uid": "u1",
+                "resourceVersion": str(rv),
+                "managedFields": [
+                    {"manager": "microservice-operator", "operation": "Apply", "fieldsV1": fields},
+                    {"manager": "kube-controller-manager", "operation": "Update"},
+                ],
+            },
+            "spec": {"replicas": 3},
+            "status": {"readyReplicas": ready},
+        }
+
+    cached = prepare("Deployment", version(5, 1))
+    served = copy.deepcopy(cached)
+    new = prepare("Deployment", version(6, 2), cached)
+    assert new["metadata"]["managedFields"][0] is cached["metadata"]["managedFields"][0]
+    assert new["spec"] is cached["spec"]
+    assert new["status"] == {"readyReplicas": 2}
+    assert cached == served
