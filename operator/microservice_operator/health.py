@@ -347,12 +347,16 @@ def assess(
     missing = max(0, desired - len(active)) if deployment is not None and allowance else 0
     starting = len(young) + missing
     judged = desired - starting
-    # Ready pods by the freshest evidence: the pods themselves or the Deployment's
-    # count, whichever is higher. A pod that just turned Ready is no longer starting,
-    # and the deployment controller may count it seconds later (under load, longer
-    # than failoverAfterSeconds): with the Deployment's count alone, such a pod was
-    # neither starting nor ready, and a healthy primary failed over.
-    ready_now = max(ready, sum(p.ready for p in active))
+    # Ready pods by the freshest evidence: the pods themselves. The deployment
+    # controller counts a change of theirs seconds later, under load for longer than
+    # failoverAfterSeconds, both ways: a pod that just turned Ready was neither
+    # starting nor ready by its count (a healthy primary failed over), and pods that
+    # turned NotReady stayed ready by it (a sick primary did not fail over). Only when
+    # the cache holds fewer pods than the Deployment has (a pod not seen yet) does its
+    # count still stand, as a floor.
+    pods_ready = sum(p.ready for p in active)
+    seen_all = deployment is None or len(active) >= deployment.replicas
+    ready_now = pods_ready if seen_all else max(ready, pods_ready)
     ratio = 1.0 if desired <= 0 or judged <= 0 else min(ready_now / judged, 1.0)
     checks = [p.created + allowance for p in young if p.created is not None]
     old = [p for p in active if p.revision != revision]

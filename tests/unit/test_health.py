@@ -664,3 +664,19 @@ def test_failover_timers_keep_sub_second_precision() -> None:
     assert health.format_precise(t) == "2026-11-28T02:00:50.750Z"
     assert health.parse_time(health.format_precise(t)) == t
     assert health.format_precise(t.replace(microsecond=0)) == "2026-11-28T02:00:50Z"
+
+
+def test_pods_that_turned_not_ready_count_before_the_deployment_does() -> None:
+    """Two of three pods of a healthy primary turned NotReady; the deployment
+    controller, behind on a loaded machine, still says 3 ready. The pods are the
+    fresher evidence: 1/3, unhealthy (the primary must fail over after
+    failoverAfterSeconds, not when the controller catches up)."""
+    old = NOW - timedelta(minutes=10)
+    pods = [pod("a", created=old), pod("b", ready=False, created=old)]
+    pods.append(pod("c", ready=False, created=old))
+    h = assess(dep(desired=3, ready=3), pods, Failover(), NOW, revision=REV, revision_since=T0)
+    assert h.ratio == pytest.approx(1 / 3) and not h.healthy
+    # A pod the cache has not seen yet (fewer pods than the Deployment has): the
+    # Deployment's count stands as a floor.
+    h = assess(dep(desired=3, ready=3), pods[:2], Failover(), NOW, revision=REV, revision_since=T0)
+    assert h.ratio == 1.0
