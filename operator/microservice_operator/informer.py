@@ -27,6 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .health import REVISION_ANNOTATION
@@ -76,6 +77,16 @@ def _content(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
+@dataclass
+class _Writes:
+    """Our writes in flight to one object: how many, the resourceVersions they produced,
+    and the versions the watch stored meanwhile without reporting them."""
+
+    count: int = 0
+    ours: set[int] = field(default_factory=set)
+    held: list[int] = field(default_factory=list)
+
+
 class Store:
     """Thread-safe latest-version cache of watched objects, indexed by owner key.
 
@@ -93,11 +104,8 @@ class Store:
         # (kind, namespace or None for all) -> the newest resourceVersion the informer
         # has seen: every object at or below it that exists is in the store.
         self._watermarks: dict[tuple[str, str | None], int] = {}
-        # Our writes in flight, by (kind, ident): how many; the resourceVersions they
-        # produced; the versions the watch stored meanwhile without telling anyone.
-        self._writing: dict[tuple[str, Ident], int] = {}
-        self._ours: dict[tuple[str, Ident], set[int]] = {}
-        self._held: dict[tuple[str, Ident], list[int]] = {}
+        # Our writes in flight, by (kind, ident of the object written).
+        self._writes: dict[tuple[str, Ident], _Writes] = {}
 
     # ------------------------------------------------------------------ writes
     def put(self, kind: str, obj: dict[str, Any], *, watched: bool = True) -> bool:
@@ -128,8 +136,9 @@ class Store:
             if owner is not None:
                 self._by_owner.setdefault(kind, {}).setdefault(owner, set()).add(i)
             changed = old is None or _content(old) != _content(obj)
-            if changed and watched and (kind, i) in self._writing:
-                self._held.setdefault((kind, i), []).append(rv)
+            writes = self._writes.get((kind, i)) if changed and watched else None
+            if writes is not None:
+                writes.held.append(rv)
                 return False
             return changed
 
@@ -142,15 +151,16 @@ class Store:
         nothing (at scale, one plan in seven). What the API server made of our write is
         what the plan asked for; anyone else's change meanwhile is still reported."""
         with self._lock:
-            key = (kind, i)
-            self._writing[key] = self._writing.get(key, 0) + 1
+            self._writes.setdefault((kind, i), _Writes()).count += 1
 
     def wrote(self, kind: str, obj: dict[str, Any], *, keep: bool = True) -> bool:
         """Remember the version of the answer to one of our writes begun with
         :meth:`begin_write` as ours, and store it (see :meth:`put_written`) unless not
         ``keep``: a newer answer of ours follows."""
         with self._lock:
-            self._ours.setdefault((kind, ident(obj)), set()).add(resource_version(obj))
+            writes = self._writes.get((kind, ident(obj)))
+            if writes is not None:
+                writes.ours.add(resource_version(obj))
         return self.put_written(kind, obj) if keep else False
 
     def end_write(self, kind: str, i: Ident) -> dict[str, Any] | None:
@@ -158,15 +168,14 @@ class Store:
         stored object if the watch stored a version meanwhile that no write of ours
         produced: someone else's change, which the caller must report; else None."""
         with self._lock:
-            key = (kind, i)
-            n = self._writing.get(key, 0) - 1
-            if n > 0:
-                self._writing[key] = n
+            writes = self._writes.get((kind, i))
+            if writes is None:
                 return None
-            self._writing.pop(key, None)
-            held = self._held.pop(key, [])
-            ours = self._ours.pop(key, set())
-            if any(rv not in ours for rv in held):
+            writes.count -= 1
+            if writes.count > 0:
+                return None
+            del self._writes[(kind, i)]
+            if any(rv not in writes.ours for rv in writes.held):
                 return self._objects.get(kind, {}).get(i)
             return None
 

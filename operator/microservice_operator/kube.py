@@ -213,11 +213,7 @@ def share(obj: Any, key: str = "", like: Any = None) -> Any:
                 if len(v) <= 64 and k not in _UNIQUE_VALUES:
                     value = table.get(v, v) if full else table.setdefault(v, v)
             elif isinstance(v, dict | list):
-                old = prev.get(k) if prev is not None else None
-                if old is not None and type(old) is type(v) and old == v:
-                    value = old
-                else:
-                    share(v, k, old)
+                value = _shared_part(v, k, prev.get(k) if prev is not None else None)
             name = k
             if len(k) <= 64 and not k.startswith(("k:", "v:")):
                 name = table.get(k, k) if full else table.setdefault(k, k)
@@ -229,12 +225,16 @@ def share(obj: Any, key: str = "", like: Any = None) -> Any:
                 if len(v) <= 64 and key not in _UNIQUE_VALUES:
                     obj[i] = table.get(v, v) if full else table.setdefault(v, v)
             elif isinstance(v, dict | list):
-                old = prev_list[i] if prev_list is not None else None
-                if old is not None and type(old) is type(v) and old == v:
-                    obj[i] = old
-                else:
-                    share(v, key, old)
+                obj[i] = _shared_part(v, key, prev_list[i] if prev_list is not None else None)
     return obj
+
+
+def _shared_part(part: Any, key: str, old: Any) -> Any:
+    """A dict or list inside an object being shared: the previous version's equal part
+    as it is, else ``part`` shared (against that previous part, if any)."""
+    if old is not None and type(old) is type(part) and old == part:
+        return old
+    return share(part, key, old)
 
 
 def decode(raw: bytes | str) -> Any:

@@ -413,10 +413,9 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         # start them afresh, and count the remediation budget as spent for a window.
         spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
         state = FailoverState(remediations=spent or None)
-    raw = ms.get("spec") or {}
-    key = _spec_key(name, raw)
+    names = _names(spec, name, ms.get("spec") or {})
     records, aliases = _upgrade_history(
-        history.read_history(list(observed.revisions), uid), spec, name, raw, key
+        history.read_history(list(observed.revisions), uid), names, name
     )
     r = _Reconcile(
         ms=ms,
@@ -431,7 +430,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         result=Plan(observed=observed),
         aliases=aliases,
         refresh=refresh,
-        revision=_names(spec, name, raw, key)[0],
+        revision=names[0],
     )
     if forger is not None:
         r.result.events.append(
@@ -463,12 +462,9 @@ def _spec_key(name: str, raw: Any) -> tuple[str, str]:
     return name, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _names(
-    spec: MicroServiceSpec, name: str, raw: Any, key: tuple[str, str] | None = None
-) -> tuple[str, str]:
-    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``;
-    ``key``: its :func:`_spec_key`, if known already)."""
-    key = key or _spec_key(name, raw)
+def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
+    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``)."""
+    key = _spec_key(name, raw)
     names = _NAMES.get(key)
     if names is None:
         names = (render.revision(spec), render.legacy_revision(spec, name))
@@ -477,11 +473,7 @@ def _names(
 
 
 def _upgrade_history(
-    records: history.History,
-    spec: MicroServiceSpec,
-    name: str,
-    raw: Any,
-    key: tuple[str, str] | None = None,
+    records: history.History, names: tuple[str, str], name: str
 ) -> tuple[history.History, dict[str, str]]:
     """Records and revisions as this version names them, and the aliases of the
     revisions operator 0.1 named by its rendered template (Deployments and pods it
@@ -491,8 +483,7 @@ def _upgrade_history(
     is 0.1's name of the spec as it is now. The records are rewritten under the new
     names by the normal history changes, once.
     """
-    key = key or _spec_key(name, raw)
-    current, legacy = _names(spec, name, raw, key)
+    current, legacy = names  # the spec's (see _names)
     aliases = {legacy: current}
     good, bad = records.last_known_good, records.quarantine
     if good is not None:

@@ -286,6 +286,7 @@ class EchoingKube:
 
     def __init__(self, store: Store, other_first: bool) -> None:
         self.store, self.other_first = store, other_first
+        self.reported: list[bool] = []  # what the watch's store.put said: report it?
 
     def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         def version(rv: int, st: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +294,8 @@ class EchoingKube:
             return {"kind": "MicroService", "metadata": meta, "status": st}
 
         if self.other_first:
-            self.store.put("MicroService", version(7, {"forged": True}))
-        self.store.put("MicroService", version(8, status))
+            self.reported.append(self.store.put("MicroService", version(7, {"forged": True})))
+        self.reported.append(self.store.put("MicroService", version(8, status)))
         return version(8, status)
 
 
@@ -308,8 +309,9 @@ def test_our_own_status_write_is_not_news_but_a_change_made_meanwhile_is(
     ms = {"metadata": {"name": "web", "namespace": "ns", "uid": "u1", "resourceVersion": "5"}}
     store.put("MicroService", copy.deepcopy(ms))
     news: list[tuple[str, list[dict[str, Any]]]] = []
+    kube = EchoingKube(store, other_first)
     ex = Executor(
-        EchoingKube(store, other_first),  # type: ignore[arg-type]
+        kube,  # type: ignore[arg-type]
         store,
         OperatorMetrics(),
         lambda kind, objs: news.append((kind, objs)),
@@ -317,4 +319,5 @@ def test_our_own_status_write_is_not_news_but_a_change_made_meanwhile_is(
     p = planning.Plan(status={"phase": "Ready"}, status_changed=True)
     ex.write_status(ms, p)
     assert store.get("MicroService", "ns", "web")["status"] == {"phase": "Ready"}  # type: ignore[index]
+    assert not any(kube.reported)  # held while the write was in flight
     assert [kind for kind, _ in news] == (["MicroService"] if other_first else [])
