@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import wait_for
 from tests.integration.operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,18 +33,29 @@ def kubectl(
     return res.stdout if res.returncode == 0 else res.stderr
 
 
+ESTABLISHED = '{.status.conditions[?(@.type=="Established")].status}'
+
+
+def wait_established(kubeconfig: Path | str, *crds: str, timeout: float = 60) -> None:
+    """Wait until each CRD (``crd/NAME``) is Established. Not ``kubectl wait
+    --for=condition=Established``: right after a create it may read the CRD before the
+    API server gave it any condition, and kubectl 1.37 then fails at once ("accessor
+    error: <nil>") instead of waiting."""
+
+    def established(ref: str) -> bool:
+        out = kubectl(kubeconfig, "get", ref, "-o", f"jsonpath={ESTABLISHED}", check=False)
+        return out == "True"
+
+    for ref in crds:
+        wait_for(lambda r=ref: established(r), timeout=timeout, message=f"{ref} Established")
+
+
 @pytest.fixture(scope="session")
 def crd(kubeconfig: Path) -> Path:
     """The MicroService CRD, applied from crds/ and Established."""
     path = REPO / "crds" / "microservices.mso.dev.yaml"
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(path))
-    kubectl(
-        kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/microservices.mso.dev",
-    )
+    wait_established(kubeconfig, "crd/microservices.mso.dev")
     return path
 
 

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.integration.helpers import wait_for
+from tests.integration.operator_fixtures import wait_established
 from tests.integration.operator_proc import OperatorProcess
 
 # One test process runs this whole module (installs into the one mso-system namespace).
@@ -111,7 +112,7 @@ def install(request: pytest.FixtureRequest, kubeconfig: Path) -> Iterator[str]:
         # kubectl cannot map the object before its CRD is served.
         for _ in range(request.cls.APPLIES):
             applied = kubectl(kubeconfig, "apply", "-k", str(path), check=False)
-            kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *crds)
+            wait_established(kubeconfig, *crds)
         assert applied.returncode == 0, applied.stderr
         yield applied.stderr
     finally:

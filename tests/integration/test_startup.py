@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client
 
 from tests.integration.helpers import wait_for
-from tests.integration.operator_fixtures import REPO, kubectl
+from tests.integration.operator_fixtures import REPO, kubectl, wait_established
 from tests.integration.operator_proc import OperatorProcess
 from tests.integration.test_reconcile import apply_ms, sample, wait_ready
 
@@ -52,7 +52,7 @@ def crd_exists(api: client.ApiClient) -> bool:
 
 def install_crd(kubeconfig: Path) -> None:
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    wait_established(kubeconfig, f"crd/{CRD_NAME}")
 
 
 def test_started_before_the_crd_it_says_so_and_starts_once_it_exists(
