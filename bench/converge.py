@@ -74,6 +74,7 @@ class Result:
     rss_end_mb: float | None = None  # RSS at the end of the phase
     plans: float | None = None  # reconciles that planned (ran the plan)
     skipped: float | None = None  # reconciles skipped: nothing they read had changed
+    events: float | None = None  # watch events received (bookmarks excluded)
 
 
 class RssTrace:
@@ -246,6 +247,11 @@ def count_reconciles(op: OperatorProcess, result: Result) -> None:
     every phase starts one)."""
     result.plans = scrape_total(op, "mso_reconcile_duration_seconds_count")
     result.skipped = scrape_total(op, "mso_reconciles_skipped_total")
+    result.events = sum(
+        v
+        for (n, labels), v in op.scrape().items()
+        if n == "mso_watch_events_total" and ("type", "BOOKMARK") not in labels
+    )
 
 
 def with_operator(
@@ -353,6 +359,7 @@ def table(results: list[Result]) -> str:
         "writes",
         "plans/N",
         "skipped/N",
+        "events/N",
         "peak RSS MiB",
         "peak at s",
         "RSS at end MiB",
@@ -366,6 +373,7 @@ def table(results: list[Result]) -> str:
         row += ["-" if r.writes is None else str(r.writes)]
         row += ["-" if r.plans is None else f"{r.plans / r.count:.2f}"]
         row += ["-" if r.skipped is None else f"{r.skipped / r.count:.2f}"]
+        row += ["-" if r.events is None else f"{r.events / r.count:.1f}"]
         row += [f"{r.rss_mb:.0f}" if r.rss_mb else "-"]
         row += ["-" if r.peak_at_s is None else f"{r.peak_at_s:.0f}"]
         row += ["-" if r.rss_end_mb is None else f"{r.rss_end_mb:.0f}"]

@@ -61,7 +61,7 @@ MAX_TRANSIENT_BACKOFF = 16.0
 """Retries of API outages (no answer, 429, 5xx) stay frequent: the API coming back must
 be noticed in seconds, not after a backoff that grew during the outage."""
 SUPERVISE_SECONDS = 2.0
-CHILD_EVENT_DELAY = 0.25
+CHILD_EVENT_DELAY = 1.0
 """Seconds a child's change waits before its MicroService is reconciled; changes of
 its other children meanwhile join the same reconcile."""
 
@@ -215,6 +215,7 @@ class Controller:
                 namespace=ns,
                 label_selector=selector,
                 on_recovered=self._recovered if res is MICROSERVICES else None,
+                on_event=functools.partial(self.metrics.watch_event, res.plural),
             )
         )
 

@@ -526,7 +526,8 @@ class Informer:
     ``on_change`` is called (from this thread) with every object whose cached state
     changed, including objects dropped on relist, so the caller can queue their
     MicroServices. ``synced`` is set after the first successful LIST;
-    ``on_recovered`` is called when the LIST or WATCH works again after failing.
+    ``on_recovered`` is called when the LIST or WATCH works again after failing;
+    ``on_event`` with the type of every watch event received (for the metrics).
     """
 
     def __init__(
@@ -537,6 +538,7 @@ class Informer:
         on_change: Callable[[list[dict[str, Any]]], None],
         *,
         on_recovered: Callable[[], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
         namespace: str | None = None,
         label_selector: str | None = None,
         watch_timeout_seconds: int = 300,
@@ -549,6 +551,7 @@ class Informer:
         self.store = store
         self.on_change = on_change
         self.on_recovered = on_recovered
+        self.on_event = on_event
         self.failing = False
         self.namespace = namespace
         self.label_selector = label_selector
@@ -663,6 +666,8 @@ class Informer:
             if self._stop.is_set():
                 return
             etype = event.get("type")
+            if self.on_event is not None:
+                self.on_event(str(etype))
             obj = event.get("object") or {}
             if etype == "ERROR":
                 code = int(obj.get("code") or 0)

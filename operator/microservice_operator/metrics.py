@@ -116,6 +116,7 @@ KUBE_VERBS: Final = (
     "update",
     "other",
 )
+WATCH_EVENT_TYPES: Final = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 KUBE_RESOURCES: Final = (
     "microservices",
     "deployments",
@@ -465,6 +466,14 @@ class OperatorMetrics:
             ["verb", "resource", "code"],
             registry=reg,
         )
+        self.watch_events = Counter(
+            "mso_watch_events",
+            "Watch events the operator's caches received, by resource and type (ADDED, "
+            "MODIFIED, DELETED, BOOKMARK, ERROR): what the operator spends its time on "
+            "between writes.",
+            ["resource", "type"],
+            registry=reg,
+        )
         check = (*ms, "check", "target")
         self.analysis_results = Counter(
             "mso_analysis_results",
@@ -647,6 +656,11 @@ class OperatorMetrics:
         """Count one API request. Matches kube.RequestHook, so it can be the hook."""
         verb_label = _bounded(verb, KUBE_VERBS, "other", "kube verb")
         self.kube_requests.labels(verb_label, _kube_resource(resource), _kube_code(code)).inc()
+
+    def watch_event(self, resource: str, etype: str) -> None:
+        """Count one watch event of ``resource`` (a plural or kind)."""
+        label = _bounded(etype, WATCH_EVENT_TYPES, "other", "watch event type")
+        self.watch_events.labels(_kube_resource(resource), label).inc()
 
     # ------------------------------------------------------------ exposition
 

@@ -451,6 +451,7 @@ def test_exposition_holds_only_documented_families(m: OperatorMetrics) -> None:
         "mso_reconcile_errors",
         "mso_reconciles_skipped",
         "mso_kube_requests",
+        "mso_watch_events",
         "mso_build_info",
         "mso_analysis_results",
         "mso_analysis_outcome",
@@ -681,3 +682,14 @@ def test_a_scrape_that_fails_half_way_is_a_failed_scrape(
         assert resp.status == 200  # sent before the failure
         with pytest.raises(http.client.IncompleteRead):
             resp.read()  # no last chunk: not mistaken for a complete exposition
+
+
+def test_watch_events_are_counted_by_resource_and_type() -> None:
+    m = OperatorMetrics()
+    m.watch_event("pods", "MODIFIED")
+    m.watch_event("pods", "MODIFIED")
+    m.watch_event("Deployment", "ADDED")
+    m.watch_event("pods", "SURPRISE")  # never a new series per unknown value
+    assert value(m, "mso_watch_events_total", resource="pods", type="MODIFIED") == 2
+    assert value(m, "mso_watch_events_total", resource="deployments", type="ADDED") == 1
+    assert value(m, "mso_watch_events_total", resource="pods", type="other") == 1
