@@ -1,10 +1,11 @@
 """The controller: informers in, plans out, plans executed, under one leader.
 
 Informers (:mod:`informer`) keep a cache of every MicroService and of every child we
-label; each change queues the owning MicroService. Workers take keys from the queue,
-build a :class:`plan.Plan` from the caches (no API reads) and hand it to
-:mod:`execute` (writes only when something differs). Blocking client calls run in a
-bounded thread pool so the event loop stays free.
+label; each change queues the owning MicroService, from the informer's thread.
+Worker threads take keys from the queue (:mod:`workqueue`), build a
+:class:`plan.Plan` from the caches (no API reads) and hand it to :mod:`execute`
+(writes only when something differs). The event loop is kopf's: it starts and stops
+the controller and runs the analysis checks, and no reconcile passes through it.
 
 Never act on stale state: a plan that would do something destructive (roll back,
 move traffic, shrink the standby, delete pods) is planned again from objects read
@@ -26,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,6 @@ class Controller:
         self.settings = settings
         self.store = Store()
         self.queue = WorkQueue()
-        self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
         self.executor = Executor(kube, self.store, metrics, self._changed)
         self.pacer = Pacer(settings.template_refreshes_per_minute)
         self.informers: list[Informer] = []
@@ -148,13 +147,11 @@ class Controller:
         self._exit = exit_process
         self._failures: dict[Key, int] = {}
         self._memo: dict[Key, Memo] = {}
-        self._pending: dict[str, set[Key]] = {}  # changes the loop has yet to queue
-        self._pending_lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[threading.Thread] = []
         # Set while this replica may reconcile: always when standalone, once it
         # holds the Lease with leader election (it exits when it loses it).
-        self._leading = asyncio.Event()
+        self._leading = threading.Event()
         self._stopping = False
         self.analyzer = Analyzer(settings.prometheus_url, metrics, self._analysis_changed)
 
@@ -166,7 +163,6 @@ class Controller:
         Waiting for the caches first means a restarted operator sees existing children
         and makes no writes for MicroServices that are already converged.
         """
-        self._loop = asyncio.get_running_loop()
         for ns in self.kube.iter_namespaces(self.settings.namespaces):
             self._add_informer(MICROSERVICES, ns, None)
             for res in CHILD_RESOURCES:
@@ -192,7 +188,9 @@ class Controller:
         for ns, name in self.store.keys(MS_KIND):
             self.queue.add((ns, name))
         for i in range(self.settings.workers):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"mso-worker-{i}"))
+            worker = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
         self._tasks.append(asyncio.create_task(self._supervise(), name="mso-supervisor"))
         self._tasks.append(asyncio.create_task(self.analyzer.run(), name="mso-analyzer"))
         if self.settings.leader_election:
@@ -223,29 +221,18 @@ class Controller:
         """The MicroService watch works again after failing (an API outage): check every
         MicroService once, as reconciles that failed meanwhile may have nothing else
         to trigger them."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._requeue_all)
-
-    def _requeue_all(self) -> None:
         for ns, name in self.store.keys(MS_KIND):
             self._failures.pop((ns, name), None)
             self.queue.add((ns, name))
 
     def _start_elector(self) -> None:
         s = self.settings
-        loop = self._loop
-        assert loop is not None
-
-        def started() -> None:
-            loop.call_soon_threadsafe(self._became_leader)
-
         self.elector = Elector(
             self.kube,
             s.lease_namespace,
             s.lease_name,
             s.identity,
-            on_started_leading=started,
+            on_started_leading=self._became_leader,
             on_stopped_leading=self._lost_leadership,
         )
         self.kube.write_guard = self._guard
@@ -255,13 +242,13 @@ class Controller:
         """Stop taking work, let in-flight reconciles finish, then hand the Lease over
         (never before: the next leader must not overlap our last writes)."""
         self._stopping = True
-        self.queue.shutdown()
-        self._leading.clear()
+        self.queue.shutdown()  # a waiting worker's get() returns None: it ends
+        self._leading.set()  # a follower's workers wake to see _stopping
         await cancel_all(self._tasks)
         self._tasks.clear()
         loop = asyncio.get_running_loop()
-        shutdown = functools.partial(self.pool.shutdown, wait=True, cancel_futures=True)
-        await loop.run_in_executor(None, shutdown)
+        for worker in self._workers:
+            await loop.run_in_executor(None, worker.join)
         if self.elector is not None:
             await loop.run_in_executor(None, self.elector.release)
         for inf in self.informers:
@@ -307,6 +294,8 @@ class Controller:
         if self.elector is not None and not self.elector.alive():
             dead.append("leader election")
         dead += [t.get_name() for t in self._tasks if t.done()]
+        if not self._stopping:
+            dead += [w.name for w in self._workers if not w.is_alive()]
         return dead
 
     def readiness(self) -> tuple[bool, str]:
@@ -336,32 +325,12 @@ class Controller:
     def _changed(self, kind: str, objs: list[dict[str, Any]]) -> None:
         """Informer callback (informer thread): queue the owners of changed objects."""
         if kind == NAMESPACES.kind:
-            loop = self._loop
-            names = {o["metadata"]["name"] for o in objs}
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._namespaces_changed, names)
+            self._namespaces_changed({o["metadata"]["name"] for o in objs})
             return
         if kind == MS_KIND:
-            keys = {ident(o) for o in objs}
+            self._enqueue(MS_KIND, {ident(o) for o in objs})
         else:
-            keys = {k for k in (owner_key(o) for o in objs) if k is not None}
-        loop = self._loop
-        if not keys or loop is None or loop.is_closed():
-            return
-        # Batched: one wake-up of the event loop takes every change the informers
-        # made meanwhile, instead of one wake-up (a pipe write) per watch event.
-        with self._pending_lock:
-            first = not self._pending
-            pending = self._pending.setdefault(MS_KIND if kind == MS_KIND else "child", set())
-            pending.update(keys)
-        if first:
-            loop.call_soon_threadsafe(self._flush_pending)
-
-    def _flush_pending(self) -> None:
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
-        for kind, keys in pending.items():
-            self._enqueue(kind, keys)
+            self._enqueue("child", {k for k in (owner_key(o) for o in objs) if k is not None})
 
     def _namespaces_changed(self, names: set[str]) -> None:
         """Namespaces came into or went out of --namespace-selector: look at their
@@ -407,11 +376,15 @@ class Controller:
             self.queue.add(key)
 
     # ------------------------------------------------------------------ workers
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _work(self) -> None:
+        """One worker thread: reconcile keys from the queue until it shuts down."""
         while True:
-            await self._leading.wait()
-            key = await self.queue.get()
+            self._leading.wait()
+            if self._stopping:
+                return
+            key = self.queue.get()
+            if key is None:  # shut down
+                return
             delay: float | None = None
             try:
                 if self.store.get(MS_KIND, *key) is None:
@@ -420,13 +393,7 @@ class Controller:
                 if not self.selected(key[0]):
                     self._forget(key, "namespace not selected")
                     continue
-                delay = await loop.run_in_executor(self.pool, self.reconcile, key)
-            except RuntimeError:
-                if self._stopping:  # the pool was shut down
-                    return
-                log.exception("Reconcile of %s/%s crashed", *key)
-                self.metrics.reconcile_error("Other")
-                delay = self._backoff(key)
+                delay = self.reconcile(key)
             except Exception:  # a bug must not kill the worker; back off and retry
                 log.exception("Reconcile of %s/%s crashed", *key)
                 self.metrics.reconcile_error("Other")

@@ -1,18 +1,29 @@
-"""A level-based work queue, as controller-runtime has.
+"""A level-based work queue, as client-go's workqueue has.
 
 One reconcile per MicroService at a time, duplicate triggers coalesced, delayed
 re-checks for failover timers, and retries with backoff. kopf daemons would give a
 loop per object but put a finalizer on every MicroService, which blocks deletion
 while the operator is down; this queue needs none. The caches it works from are in
 :mod:`informer`.
+
+Thread-safe, and worked by threads: informers add keys from their own threads and
+worker threads take them, with no event loop in between. Each hand-over between
+threads is a wake-up, and on a virtualised 2-core machine a wake-up costs more CPU
+than a watch event's parsing: informer to loop to worker and back cost three per
+reconcile. A busy worker takes the next key without sleeping; timers are kept by
+one thread that wakes for the earliest and hands over every key then due at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 Key = tuple[str, str]
 """(namespace, name) of a MicroService."""
@@ -25,78 +36,126 @@ class WorkQueue:
     so no trigger is lost and no two reconciles of one object overlap.
     """
 
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
-        self._active: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # workers wait here for keys
+        self._timed = threading.Condition(self._lock)  # the timer thread waits here
+        self._queue: deque[Any] = deque()
+        self._queued: set[Any] = set()
+        self._active: set[Any] = set()
+        self._dirty: set[Any] = set()
+        self._due: dict[Any, float] = {}  # key -> when its pending timer fires
+        self._heap: list[tuple[float, int, Any]] = []  # (when, seq, key); stale entries skipped
+        self._seq = 0
+        self._timer_thread: threading.Thread | None = None
+        self._timer_wakes_at: float | None = None  # None: sleeping without a deadline
         self._shutdown = False
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Any) -> None:
         """Queue ``key`` now (no-op if already queued)."""
-        if self._shutdown:
+        with self._lock:
+            self._add(key)
+
+    def _add(self, key: Any) -> None:
+        if self._shutdown or key in self._queued:
             return
         if key in self._active:
             self._dirty.add(key)
             return
-        if key in self._queued:
-            return
         self._queued.add(key)
-        self._queue.put_nowait(key)
+        self._queue.append(key)
+        self._ready.notify()
 
-    def add_after(self, key: Key, delay: float) -> None:
+    def add_after(self, key: Any, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds; an earlier pending timer wins."""
-        if self._shutdown:
-            return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, delay)
-        timer = self._timers.get(key)
-        if timer is not None and not timer.cancelled() and timer.when() <= when:
-            return
-        if timer is not None:
-            timer.cancel()
+        with self._lock:
+            if self._shutdown:
+                return
+            when = self._clock() + max(0.0, delay)
+            due = self._due.get(key)
+            if due is not None and due <= when:
+                return
+            self._due[key] = when
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, key))
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(
+                    target=self._run_timers, name="workqueue-timers", daemon=True
+                )
+                self._timer_thread.start()
+            elif self._timer_wakes_at is None or when < self._timer_wakes_at:
+                # Only a timer earlier than the one it sleeps for needs the thread
+                # now; a later one waits its turn in the heap.
+                self._timed.notify()
 
-        def fire() -> None:
-            self._timers.pop(key, None)
-            self.add(key)
+    def _run_timers(self) -> None:
+        with self._lock:
+            while not self._shutdown:
+                now = self._clock()
+                while self._heap and self._heap[0][0] <= now:
+                    when, _, key = heapq.heappop(self._heap)
+                    if self._due.get(key) == when:
+                        del self._due[key]
+                        self._add(key)
+                wait = self._heap[0][0] - now if self._heap else None
+                self._timer_wakes_at = None if wait is None else now + wait
+                self._timed.wait(wait)
 
-        self._timers[key] = loop.call_at(when, fire)
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The next key to process, waiting for one (at most ``timeout`` seconds); the
+        caller must call :meth:`done` afterwards. None once shut down, or on timeout."""
+        with self._lock:
+            deadline = None if timeout is None else self._clock() + timeout
+            while not self._queue:
+                if self._shutdown:
+                    return None
+                left = None if deadline is None else deadline - self._clock()
+                if left is not None and left <= 0:
+                    return None
+                self._ready.wait(left)
+            key = self._queue.popleft()
+            self._queued.discard(key)
+            self._active.add(key)
+            return key
 
-    async def get(self) -> Key:
-        """The next key to process; the caller must call :meth:`done` afterwards."""
-        key = await self._queue.get()
-        self._queued.discard(key)
-        self._active.add(key)
-        return key
-
-    def done(self, key: Key) -> None:
+    def done(self, key: Any) -> None:
         """Mark processing of ``key`` finished, re-queueing it if it was triggered meanwhile."""
-        self._active.discard(key)
-        if key in self._dirty:
-            self._dirty.discard(key)
-            self.add(key)
+        with self._lock:
+            self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._add(key)
 
-    def forget(self, key: Key) -> None:
-        """Drop pending timers of ``key`` (its object is gone)."""
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+    def forget(self, key: Any) -> None:
+        """Drop the pending timer of ``key`` (its object is gone)."""
+        with self._lock:
+            self._due.pop(key, None)  # its heap entry is skipped when it comes up
 
     def shutdown(self) -> None:
-        """Stop accepting work and cancel timers."""
-        self._shutdown = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        """Stop accepting work, drop timers and wake every waiting worker (their
+        :meth:`get` returns None)."""
+        with self._lock:
+            self._shutdown = True
+            self._due.clear()
+            self._heap.clear()
+            self._ready.notify_all()
+            self._timed.notify_all()
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        with self._lock:
+            return len(self._queue)
+
+    def pending_timers(self) -> int:
+        """Keys waiting for their timer."""
+        with self._lock:
+            return len(self._due)
 
     @property
     def idle(self) -> bool:
         """Nothing queued or in progress (timers may be pending)."""
-        return not self._queued and not self._active
+        with self._lock:
+            return not self._queued and not self._active
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:

@@ -3,10 +3,10 @@ liveness verdict when a background part died."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import dataclasses
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -262,22 +262,23 @@ def test_a_namespace_is_cached_as_its_name_labels_and_version() -> None:
     assert trim_namespace(big) == namespace("shop", team="a")
 
 
+INSTANCE_WEB = {"app.kubernetes.io/instance": "web"}
+
+
 def test_a_burst_of_child_events_is_one_reconcile() -> None:
     """Pod events of one MicroService within CHILD_EVENT_DELAY queue it once; a change
     of the MicroService itself is queued at once."""
-
-    async def run() -> tuple[int, int, int]:
-        c = Controller(None, OperatorMetrics(), Settings())  # type: ignore[arg-type]
-        c.store.put("MicroService", {"metadata": {"name": "web", "namespace": "ns"}})
-        for _ in range(5):
-            c._enqueue("child", {("ns", "web")})
-        before = len(c.queue)
-        await asyncio.sleep(controller_mod.CHILD_EVENT_DELAY + 0.1)
-        after = len(c.queue)
-        c._enqueue("MicroService", {("ns", "other")})
-        return before, after, len(c.queue)
-
-    assert asyncio.run(run()) == (0, 1, 2)
+    c = Controller(None, OperatorMetrics(), Settings())  # type: ignore[arg-type]
+    c.store.put("MicroService", {"metadata": {"name": "web", "namespace": "ns"}})
+    for _ in range(5):
+        pod = {"metadata": {"name": "web-1", "namespace": "ns", "labels": INSTANCE_WEB}}
+        c._changed("Pod", [pod])
+    assert len(c.queue) == 0
+    time.sleep(controller_mod.CHILD_EVENT_DELAY + 0.2)
+    assert len(c.queue) == 1
+    c._changed("MicroService", [{"metadata": {"name": "other", "namespace": "ns"}}])
+    assert len(c.queue) == 2
+    c.queue.shutdown()
 
 
 class EchoingKube:

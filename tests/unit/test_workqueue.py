@@ -1,6 +1,7 @@
 """The coalescing work queue and the watch-fed store."""
 
-import asyncio
+import threading
+import time
 
 from microservice_operator.informer import Store
 from microservice_operator.workqueue import WorkQueue
@@ -25,50 +26,90 @@ def test_store_keeps_newest_and_indexes_by_owner() -> None:
 
 
 def test_queue_coalesces_and_requeues_when_dirty() -> None:
-    async def scenario() -> list[object]:
-        q = WorkQueue()
-        q.add("k")
-        q.add("k")
-        assert len(q) == 1
-        key = await q.get()
-        q.add("k")  # triggered while being processed
-        assert len(q) == 0
-        q.done(key)
-        assert len(q) == 1  # re-queued after the run
-        seen = [await q.get()]
-        q.done("k")
-        assert q.idle
-        return seen
-
-    assert asyncio.run(scenario()) == ["k"]
+    q = WorkQueue()
+    q.add("k")
+    q.add("k")
+    assert len(q) == 1
+    key = q.get(timeout=1)
+    q.add("k")  # triggered while being processed
+    assert len(q) == 0
+    q.done(key)
+    assert len(q) == 1  # re-queued after the run
+    assert q.get(timeout=1) == "k"
+    q.done("k")
+    assert q.idle
 
 
 def test_add_after_keeps_the_earliest_timer() -> None:
-    async def scenario() -> float:
-        q = WorkQueue()
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        q.add_after("k", 5.0)
-        q.add_after("k", 0.05)  # earlier wins
-        q.add_after("k", 10.0)  # later is ignored
-        await asyncio.wait_for(q.get(), timeout=2)
-        return loop.time() - start
+    q = WorkQueue()
+    start = time.monotonic()
+    q.add_after("k", 5.0)
+    q.add_after("k", 0.05)  # earlier wins
+    q.add_after("k", 10.0)  # later is ignored
+    assert q.get(timeout=2) == "k"
+    assert time.monotonic() - start < 2
+    q.done("k")
+    assert q.pending_timers() == 0
 
-    assert asyncio.run(scenario()) < 2
+
+def test_timers_fire_in_order_and_an_earlier_one_wakes_the_timer_thread() -> None:
+    q = WorkQueue()
+    q.add_after("late", 0.4)
+    time.sleep(0.05)  # the timer thread now sleeps until "late" is due
+    q.add_after("early", 0.05)
+    assert q.get(timeout=0.3) == "early"
+    assert q.get(timeout=1) == "late"
 
 
 def test_forget_cancels_timers() -> None:
-    async def scenario() -> bool:
-        q = WorkQueue()
-        q.add_after("k", 0.01)
-        q.forget("k")
-        try:
-            await asyncio.wait_for(q.get(), timeout=0.2)
-        except TimeoutError:
-            return True
-        return False
+    q = WorkQueue()
+    q.add_after("k", 0.01)
+    q.forget("k")
+    assert q.get(timeout=0.2) is None
 
-    assert asyncio.run(scenario())
+
+def test_shutdown_wakes_waiting_workers() -> None:
+    q = WorkQueue()
+    got: list[object] = []
+    workers = [threading.Thread(target=lambda: got.append(q.get())) for _ in range(3)]
+    for w in workers:
+        w.start()
+    q.shutdown()
+    for w in workers:
+        w.join(timeout=2)
+    assert got == [None, None, None]
+    q.add("k")  # ignored after shutdown
+    assert len(q) == 0
+
+
+def test_one_key_is_never_processed_by_two_workers_at_once() -> None:
+    q = WorkQueue()
+    active: set[object] = set()
+    overlaps: list[object] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while (key := q.get(timeout=0.5)) is not None:
+            with lock:
+                if key in active:
+                    overlaps.append(key)
+                active.add(key)
+            time.sleep(0.001)
+            with lock:
+                active.discard(key)
+            q.done(key)
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for i in range(400):
+        q.add(f"k{i % 5}")
+        if i % 7 == 0:
+            q.add_after(f"k{i % 3}", 0.001)
+    for w in workers:
+        w.join(timeout=5)
+    assert not overlaps
+    assert q.idle
 
 
 def test_replace_drops_phantoms_but_keeps_newer_objects() -> None:
