@@ -283,9 +283,10 @@ def test_a_primary_breaching_its_slo_fails_over_to_the_standby_and_back(
     breached = time.monotonic()
     wait_for(lambda: track() == "standby", timeout=40, message="traffic on the standby")
     assert time.monotonic() - breached >= 4 - 1  # not before failoverAfterSeconds
-    ms = get_ms(kube_api, ns, "web")
+    # The reconcile that moved the Service writes status just after: wait for it.
+    ms = wait_condition(kube_api, ns, "web", "FailedOver", status="True", timeout=15)
     c = cond(ms, "FailedOver")
-    assert c is not None and c["status"] == "True", c
+    assert c is not None, ms
     assert "failing its analysis: error-ratio above the threshold 0.05" in c["message"], c
     # (Under load the first release may have failed over while starting, too.)
     switched = wait_for(
