@@ -19,6 +19,7 @@ from microservice_operator.kube import (
     Transport,
     _pool_manager,
     counted_session,
+    dechunk,
     decode,
     request_labels,
     share,
@@ -181,3 +182,42 @@ def test_a_list_hands_each_object_over_as_its_page_arrives() -> None:
     assert rv == 7
     assert items == [{"kind": "Pod", "trimmed": True}] * 3
     assert seen == [1, 0, 0]
+
+
+def _chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def _reads(body: bytes, sizes: list[int]) -> Any:
+    """read(n) as a socket gives it: pieces of the given sizes, then b"" (closed)."""
+    pieces = []
+    for size in sizes:
+        pieces.append(body[:size])
+        body = body[size:]
+    pieces.append(body)
+    return lambda _n: pieces.pop(0) if pieces else b""
+
+
+def test_dechunk_joins_the_chunks_one_read_completed() -> None:
+    body = _chunked(b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}\n')
+    first = body.index(b'{"c"')  # two chunks and part of the third in the first read
+    assert list(dechunk(_reads(body, [first]))) == [b'{"a":1}\n{"b":2}\n', b'{"c":3}\n']
+    # A byte at a time: every chunk still arrives whole.
+    one = _reads(body, [1] * len(body))
+    assert b"".join(dechunk(one)) == b'{"a":1}\n{"b":2}\n{"c":3}\n'
+    # Chunk extensions are ignored.
+    assert list(dechunk(_reads(b"3;x=y\r\nabc\r\n0\r\n\r\n", []))) == [b"abc"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _chunked(b"abc")[:-5],  # cut before the last chunk
+        _chunked(b"abcdef")[:6],  # cut inside a chunk
+        b"zz\r\nabc\r\n",  # not a size
+        b"3\r\nabcXY0\r\n\r\n",  # data longer than its size
+    ],
+)
+def test_dechunk_refuses_a_cut_or_malformed_body(body: bytes) -> None:
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        list(dechunk(_reads(body, [2, 3])))
