@@ -413,7 +413,7 @@ def plan(ms: dict[str, Any], observed: Observed, now: datetime, *, refresh: bool
         # start them afresh, and count the remediation budget as spent for a window.
         spent = [health.format_precise(now)] * spec.failover.max_remediations_per_window
         state = FailoverState(remediations=spent or None)
-    names = _names(spec, name, ms.get("spec") or {})
+    names = _names(spec, name, ms.get("spec") or {}, _version(ms))
     records, aliases = _upgrade_history(
         history.read_history(list(observed.revisions), uid), names, name
     )
@@ -456,19 +456,48 @@ canonical JSON): the same spec is named on every reconcile of an unchanged
 MicroService."""
 
 
+_NAMES_BY_VERSION: LRU[tuple[str, ...], tuple[str, str]] = LRU(20_000)
+"""The same, by the MicroService's identity and version: a MicroService at one
+resourceVersion never changes, so the reconciles its children's changes trigger name
+its spec without hashing it."""
+
+
+def _version(ms: dict[str, Any]) -> tuple[str, ...] | None:
+    """(namespace, name, uid, resourceVersion, generation) of a stored MicroService;
+    None for one without a uid or resourceVersion (not read from the API)."""
+    meta = ms.get("metadata") or {}
+    uid, rv = meta.get("uid"), meta.get("resourceVersion")
+    if not uid or not rv:
+        return None
+    return (
+        str(meta.get("namespace", "")),
+        str(meta.get("name", "")),
+        str(uid),
+        str(rv),
+        str(meta.get("generation", "")),
+    )
+
+
 def _spec_key(name: str, raw: Any) -> tuple[str, str]:
     """A small key that pins a spec exactly: a sha256 of its canonical JSON."""
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     return name, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _names(spec: MicroServiceSpec, name: str, raw: Any) -> tuple[str, str]:
-    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``)."""
+def _names(
+    spec: MicroServiceSpec, name: str, raw: Any, version: tuple[str, ...] | None = None
+) -> tuple[str, str]:
+    """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``, of
+    the MicroService at ``version``, if known: see :func:`_version`)."""
+    if version is not None and (known := _NAMES_BY_VERSION.get(version)) is not None:
+        return known
     key = _spec_key(name, raw)
     names = _NAMES.get(key)
     if names is None:
         names = (render.revision(spec), render.legacy_revision(spec, name))
         _NAMES.put(key, names)
+    if version is not None:
+        _NAMES_BY_VERSION.put(version, names)
     return names
 
 

@@ -487,3 +487,30 @@ def test_a_scale_the_deployment_controller_has_not_observed_yet_keeps_a_proven_r
     p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep, "pods": pods}), NOW)
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Available"), ready
+
+
+def test_a_stored_microservice_is_named_once_per_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconciles of an unchanged MicroService (its children changed) take the revision
+    from its version instead of hashing the spec again; a new version names afresh."""
+    hashed: list[str] = []
+    real = plan._spec_key
+
+    def counting(name: str, raw: Any) -> tuple[str, str]:
+        hashed.append(name)
+        return real(name, raw)
+
+    monkeypatch.setattr(plan, "_spec_key", counting)
+    obj = ms(HELLO)
+    obj["metadata"]["uid"] = "uid-named-once"
+    obj["metadata"]["resourceVersion"] = "41"
+    first = plan.plan(obj, plan.Observed(), NOW).status
+    plan.plan(obj, plan.Observed(), NOW)
+    assert len(hashed) == 1
+    changed = ms({**HELLO, "image": "hello:2"}, generation=2)
+    changed["metadata"].update(uid="uid-named-once", resourceVersion="42")
+    second = plan.plan(changed, plan.Observed(), NOW).status
+    assert len(hashed) == 2
+    assert first["currentRevision"] != second["currentRevision"]
+    assert second["currentRevision"] == render.revision(
+        MicroServiceSpec.model_validate(changed["spec"])
+    )
