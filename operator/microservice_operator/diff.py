@@ -118,9 +118,10 @@ def is_subset(desired: Any, live: Any, *, quantities: bool = False) -> bool:
     return False
 
 
-_COMPARED: LRU[tuple[str, str, str], bool] = LRU(50_000)
-"""needs_apply's field-by-field verdicts, by (live uid, live resourceVersion, our
-hash): an object at one resourceVersion never changes, so it is compared once."""
+_COMPARED: LRU[tuple[str, str], tuple[str, str, bool]] = LRU(50_000)
+"""needs_apply's field-by-field verdict on each live object's latest version: (uid,
+kind) -> (its resourceVersion, our hash, verdict). An object at one resourceVersion never
+changes, so it is compared once; one entry per object, replaced by its next version."""
 
 
 def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
@@ -133,15 +134,15 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     if ours != theirs:
         return True
     uid, rv = meta.get("uid"), meta.get("resourceVersion")
-    key = (str(uid), str(rv), str(ours)) if uid and rv else None
-    if key is not None:
-        known = _COMPARED.get(key)
-        if known is not None:
-            return known
+    version = (str(rv), str(ours)) if uid and rv else None
+    if version is not None:
+        known = _COMPARED.get((str(uid), str(live.get("kind"))))
+        if known is not None and known[:2] == version:
+            return known[2]
     body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
     verdict = not is_subset(body, live)
-    if key is not None:
-        _COMPARED.put(key, verdict)
+    if version is not None:
+        _COMPARED.put((str(uid), str(live.get("kind"))), (*version, verdict))
     return verdict
 
 

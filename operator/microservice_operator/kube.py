@@ -534,6 +534,10 @@ class Transport:
         return resp
 
 
+READ_SIZE = 16384
+"""Bytes a watch reads at most at once: a TLS record's worth."""
+
+
 def _body(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     """A streamed response's body, in pieces as they arrive.
 
@@ -548,10 +552,17 @@ def _body(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         not resp.headers.get("Content-Encoding")
         and resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
     )
-    if fp is None or not plain or not hasattr(fp, "read1"):
+    if fp is None or not plain or not hasattr(fp, "readinto1"):
         yield from resp.stream(65536, decode_content=True)
         return
-    yield from dechunk(fp.read1)
+    # One buffer per watch, read into: a fresh 64 KiB bytes per read, shrunk to the
+    # few KiB that came, left holes in the heap between long-lived cache objects.
+    view = memoryview(bytearray(READ_SIZE))
+
+    def read(_size: int) -> bytes:
+        return bytes(view[: fp.readinto1(view)])
+
+    yield from dechunk(read)
 
 
 def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
@@ -582,7 +593,7 @@ def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
             pos = stop + 2
         if pieces:
             yield b"".join(pieces)
-        more = read(65536)
+        more = read(READ_SIZE)
         if not more:
             raise urllib3.exceptions.ProtocolError("response ended before its last chunk")
         buf = buf[pos:] + more

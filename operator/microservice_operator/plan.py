@@ -456,26 +456,21 @@ canonical JSON): the same spec is named on every reconcile of an unchanged
 MicroService."""
 
 
-_NAMES_BY_VERSION: LRU[tuple[str, ...], tuple[str, str]] = LRU(20_000)
-"""The same, by the MicroService's identity and version: a MicroService at one
-resourceVersion never changes, so the reconciles its children's changes trigger name
-its spec without hashing it."""
+_NAMES_BY_OBJECT: LRU[tuple[str, str], tuple[tuple[Any, ...], tuple[str, str]]] = LRU(20_000)
+"""The same for the version of each MicroService last named: (namespace, name) ->
+((uid, resourceVersion, generation), names). A MicroService at one resourceVersion
+never changes, so the reconciles its children's changes trigger name its spec
+without hashing it; one entry per MicroService."""
 
 
-def _version(ms: dict[str, Any]) -> tuple[str, ...] | None:
-    """(namespace, name, uid, resourceVersion, generation) of a stored MicroService;
-    None for one without a uid or resourceVersion (not read from the API)."""
+def _version(ms: dict[str, Any]) -> tuple[tuple[str, str], tuple[Any, ...]] | None:
+    """((namespace, name), (uid, resourceVersion, generation)) of a stored
+    MicroService; None for one without a uid or resourceVersion (not from the API)."""
     meta = ms.get("metadata") or {}
     uid, rv = meta.get("uid"), meta.get("resourceVersion")
     if not uid or not rv:
         return None
-    return (
-        str(meta.get("namespace", "")),
-        str(meta.get("name", "")),
-        str(uid),
-        str(rv),
-        str(meta.get("generation", "")),
-    )
+    return (meta.get("namespace", ""), meta.get("name", "")), (uid, rv, meta.get("generation"))
 
 
 def _spec_key(name: str, raw: Any) -> tuple[str, str]:
@@ -485,19 +480,24 @@ def _spec_key(name: str, raw: Any) -> tuple[str, str]:
 
 
 def _names(
-    spec: MicroServiceSpec, name: str, raw: Any, version: tuple[str, ...] | None = None
+    spec: MicroServiceSpec,
+    name: str,
+    raw: Any,
+    version: tuple[tuple[str, str], tuple[Any, ...]] | None = None,
 ) -> tuple[str, str]:
     """This version's and operator 0.1's revision of ``spec`` (parsed from ``raw``, of
     the MicroService at ``version``, if known: see :func:`_version`)."""
-    if version is not None and (known := _NAMES_BY_VERSION.get(version)) is not None:
-        return known
+    if version is not None:
+        known = _NAMES_BY_OBJECT.get(version[0])
+        if known is not None and known[0] == version[1]:
+            return known[1]
     key = _spec_key(name, raw)
     names = _NAMES.get(key)
     if names is None:
         names = (render.revision(spec), render.legacy_revision(spec, name))
         _NAMES.put(key, names)
     if version is not None:
-        _NAMES_BY_VERSION.put(version, names)
+        _NAMES_BY_OBJECT.put(version[0], (version[1], names))
     return names
 
 
