@@ -61,6 +61,8 @@ MAX_TRANSIENT_BACKOFF = 16.0
 """Retries of API outages (no answer, 429, 5xx) stay frequent: the API coming back must
 be noticed in seconds, not after a backoff that grew during the outage."""
 SUPERVISE_SECONDS = 2.0
+TRIM_EVERY = 5
+"""Supervisor rounds between two :func:`release_free_memory` calls (10 s)."""
 CHILD_EVENT_DELAY = 1.0
 """Seconds a child's change waits before its MicroService is reconciled; changes of
 its other children meanwhile join the same reconcile."""
@@ -71,6 +73,30 @@ def _exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes  # noqa: PLC0415
+
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # no glibc (musl, macOS)
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Watch events and answers are decoded into short-lived buffers between long-lived
+    cache objects; glibc returns freed memory only from the top of its heap, so the
+    holes stay resident. Trimming every few seconds keeps the resident size at what
+    the caches hold (1-2 MiB less at 300 MicroServices, growing with the churn)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def fingerprint(ms: dict[str, Any], observed: planning.Observed) -> tuple[Any, ...]:
@@ -280,6 +306,7 @@ class Controller:
     async def _supervise(self) -> None:
         """End the process when a background thread or task died: a replica that
         still answers /healthz but no longer watches or renews is worse than none."""
+        rounds = 0
         while True:
             await asyncio.sleep(SUPERVISE_SECONDS)
             dead = self.dead_parts()
@@ -287,6 +314,9 @@ class Controller:
                 log.critical("Stopped working: %s died; exiting", ", ".join(dead))
                 self._exit(1)
                 return
+            rounds += 1
+            if rounds % TRIM_EVERY == 0:
+                release_free_memory()
 
     def dead_parts(self) -> list[str]:
         """Names of the background parts that are no longer running."""
