@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -322,3 +323,16 @@ def test_our_own_status_write_is_not_news_but_a_change_made_meanwhile_is(
     assert store.get("MicroService", "ns", "web")["status"] == {"phase": "Ready"}  # type: ignore[index]
     assert not any(kube.reported)  # held while the write was in flight
     assert [kind for kind, _ in news] == (["MicroService"] if other_first else [])
+
+
+def test_a_dead_reconcile_worker_is_a_dead_part_unless_stopping() -> None:
+    """A worker thread that ended (a BaseException escaped it) leaves keys unreconciled:
+    the supervisor must see it and end the process; after stop() workers end on purpose."""
+    c = Controller(None, OperatorMetrics(), Settings(), exit_process=lambda _: None)  # type: ignore[arg-type]
+    worker = threading.Thread(target=lambda: None, name="reconcile-3")
+    worker.start()
+    worker.join()
+    c._workers.append(worker)
+    assert c.dead_parts() == ["reconcile-3"]
+    c._stopping = True
+    assert c.dead_parts() == []
