@@ -15,6 +15,7 @@ import logging
 import select
 import ssl
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -418,15 +419,24 @@ class _Direct:
         target: str,
         body: bytes | None,
         headers: dict[str, str],
-        timeout: tuple[float, float],
+        timeout: float | tuple[float, float],
     ) -> _Answer:
+        """Send one request. ``timeout``: (connect, read) seconds, or one number for
+        both together, as urllib3 takes it (a write may not outlast what its guard
+        allowed, connecting included)."""
+        started = time.monotonic()
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         conn = self._take()
         try:
             if conn.sock is None:
-                conn.timeout = timeout[0]
+                conn.timeout = connect
                 conn.connect()
             assert conn.sock is not None
-            conn.sock.settimeout(timeout[1])
+            if not isinstance(timeout, tuple):
+                read = timeout - (time.monotonic() - started)
+                if read <= 0:
+                    raise TimeoutError(f"no time left to send the request ({timeout:.1f}s)")
+            conn.sock.settimeout(read)
             conn.request(method, self.prefix + target, body=body, headers=headers)
             return _Answer(conn.getresponse(), conn, self)
         except BaseException:
@@ -507,9 +517,8 @@ class Transport:
         direct = None if stream else self._direct
         resp: urllib3.BaseHTTPResponse | _Answer
         if direct is not None:
-            limits = timeout if isinstance(timeout, tuple) else (timeout, timeout)
             sent = {**headers, **auth, "User-Agent": self.user_agent}
-            resp = direct.request(method, target, body, sent, limits)
+            resp = direct.request(method, target, body, sent, timeout)
         else:
             to = (
                 urllib3.Timeout(connect=timeout[0], read=timeout[1])

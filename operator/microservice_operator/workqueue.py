@@ -104,10 +104,11 @@ class WorkQueue:
 
     def get(self, timeout: float | None = None) -> Any | None:
         """The next key to process, waiting for one (at most ``timeout`` seconds); the
-        caller must call :meth:`done` afterwards. None once shut down, or on timeout."""
+        caller must call :meth:`done` afterwards. None on timeout, and once shut down
+        even with keys still queued: a stopping operator starts no new reconcile."""
         with self._lock:
             deadline = None if timeout is None else self._clock() + timeout
-            while not self._queue:
+            while not self._queue or self._shutdown:
                 if self._shutdown:
                     return None
                 left = None if deadline is None else deadline - self._clock()

@@ -82,6 +82,18 @@ def test_shutdown_wakes_waiting_workers() -> None:
     assert len(q) == 0
 
 
+def test_no_key_is_handed_out_after_shutdown() -> None:
+    """A stopping operator finishes the reconciles in flight and starts no new one,
+    whatever is still queued."""
+    q = WorkQueue()
+    q.add("a")
+    q.add("b")
+    assert q.get(timeout=1) == "a"
+    q.shutdown()
+    assert q.get(timeout=0.1) is None
+    q.done("a")  # the run in flight ends normally
+
+
 def test_one_key_is_never_processed_by_two_workers_at_once() -> None:
     q = WorkQueue()
     active: set[object] = set()
