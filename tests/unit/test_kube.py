@@ -1,7 +1,14 @@
 """Request paths and error classification of the one API client module."""
 
 import asyncio
+import contextlib
 import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -221,3 +228,79 @@ def test_dechunk_joins_the_chunks_one_read_completed() -> None:
 def test_dechunk_refuses_a_cut_or_malformed_body(body: bytes) -> None:
     with pytest.raises(urllib3.exceptions.ProtocolError):
         list(dechunk(_reads(body, [2, 3])))
+
+
+@pytest.fixture
+def tls_server(tmp_path: Any) -> Any:
+    """A loopback HTTPS server answering every request with 200 and its count, keeping
+    connections open; ``close_all()`` drops them server-side (a restarted API server)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    conns: list[ssl.SSLSocket] = []
+    served: list[int] = []
+
+    def serve(conn: ssl.SSLSocket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                served.append(1)
+                body = str(len(served)).encode()
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                conn.sendall(head + body)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = listener.accept()
+                conn = ctx.wrap_socket(raw, server_side=True)
+                conns.append(conn)
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    class Server:
+        port = listener.getsockname()[1]
+        ca = str(cert)
+        accepted = conns
+
+        @staticmethod
+        def close_all() -> None:
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+
+    yield Server
+    Server.close_all()
+    listener.close()
+
+
+def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: Any) -> None:
+    creds = Credentials(server=f"https://127.0.0.1:{tls_server.port}", ca_file=tls_server.ca)
+    transport = Transport(creds)
+
+    def get() -> bytes:
+        resp = transport.request("GET", "/api", [], headers={}, body=None, timeout=5.0)
+        try:
+            return resp.data
+        finally:
+            resp.release_conn()
+
+    assert [get(), get()] == [b"1", b"2"]
+    assert len(tls_server.accepted) == 1  # kept alive
+    tls_server.close_all()  # the API server restarts
+    time.sleep(0.1)
+    assert get() == b"3"  # on a new connection, not an error
+    assert len(tls_server.accepted) == 2
