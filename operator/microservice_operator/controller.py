@@ -326,6 +326,8 @@ class Controller:
         dead += [t.get_name() for t in self._tasks if t.done()]
         if not self._stopping:
             dead += [w.name for w in self._workers if not w.is_alive()]
+            if not self.queue.timers_alive():
+                dead.append("work queue timers")
         return dead
 
     def readiness(self) -> tuple[bool, str]:

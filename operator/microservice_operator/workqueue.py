@@ -152,6 +152,12 @@ class WorkQueue:
         with self._lock:
             return len(self._due)
 
+    def timers_alive(self) -> bool:
+        """Whether delayed keys are still handed over (the timer thread, once started,
+        runs until shutdown)."""
+        thread = self._timer_thread
+        return thread is None or thread.is_alive() or self._shutdown
+
     @property
     def idle(self) -> bool:
         """Nothing queued or in progress (timers may be pending)."""

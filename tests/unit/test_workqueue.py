@@ -149,3 +149,17 @@ def test_echo_of_a_stored_write_is_not_news() -> None:
     s = Store()
     assert s.put("Pod", _obj("a", "5"))
     assert not s.put("Pod", _obj("a", "5"))
+
+
+def test_a_dead_timer_thread_is_reported() -> None:
+    q = WorkQueue()
+    assert q.timers_alive()  # not started yet: nothing to hand over
+    q.add_after("k", 60)
+    assert q.timers_alive()
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    q._timer_thread = dead  # as if an exception had ended it
+    assert not q.timers_alive()
+    q.shutdown()
+    assert q.timers_alive()  # ended on purpose
