@@ -49,6 +49,7 @@ from .kube import (
     KubeError,
     Resource,
 )
+from .memory import release_free_memory
 from .metrics import OperatorMetrics
 from .settings import Settings
 from .workqueue import Key, Pacer, WorkQueue, cancel_all
@@ -73,30 +74,6 @@ def _exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
-
-
-def _libc_trim() -> Callable[[int], int] | None:
-    try:
-        import ctypes  # noqa: PLC0415
-
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
-        return trim
-    except (OSError, AttributeError):  # no glibc (musl, macOS)
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``).
-
-    Watch events and answers are decoded into short-lived buffers between long-lived
-    cache objects; glibc returns freed memory only from the top of its heap, so the
-    holes stay resident. Trimming every few seconds keeps the resident size at what
-    the caches hold (1-2 MiB less at 300 MicroServices, growing with the churn)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def fingerprint(ms: dict[str, Any], observed: planning.Observed) -> tuple[Any, ...]:
