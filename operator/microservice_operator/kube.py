@@ -513,7 +513,7 @@ class Transport:
         if query:
             target += "?" + urllib.parse.urlencode(query)
         auth = self.credentials.headers()
-        pool = self.pool()
+        pool = self.pool()  # also rebuilds the direct pool when the certificate changed
         direct = None if stream else self._direct
         resp: urllib3.BaseHTTPResponse | _Answer
         if direct is not None:
