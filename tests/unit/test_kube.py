@@ -304,3 +304,20 @@ def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: A
     time.sleep(0.1)
     assert get() == b"3"  # on a new connection, not an error
     assert len(tls_server.accepted) == 2
+
+
+def test_a_request_to_a_server_that_never_answers_fails_within_its_timeout() -> None:
+    """A blackholed API server (it accepts, then says nothing) must not hang a worker or
+    the elector: the request fails as a transport error once its one timeout is spent,
+    connecting included."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never speaks
+    try:
+        creds = Credentials(server=f"https://127.0.0.1:{silent.getsockname()[1]}")
+        kube = Kube(Transport(creds))
+        started = time.monotonic()
+        with pytest.raises(KubeError) as err:
+            kube.get(PODS, "ns", "p", timeout=0.5)
+        assert err.value.transport
+        assert time.monotonic() - started < 3
+    finally:
+        silent.close()

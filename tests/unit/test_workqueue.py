@@ -2,9 +2,17 @@
 
 import threading
 import time
+from collections.abc import Callable
 
 from microservice_operator.informer import Store
 from microservice_operator.workqueue import WorkQueue
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
 
 
 def _obj(name: str, rv: str, instance: str | None = "shop") -> dict[str, object]:
@@ -55,7 +63,7 @@ def test_add_after_keeps_the_earliest_timer() -> None:
 def test_timers_fire_in_order_and_an_earlier_one_wakes_the_timer_thread() -> None:
     q = WorkQueue()
     q.add_after("late", 0.4)
-    time.sleep(0.05)  # the timer thread now sleeps until "late" is due
+    wait_until(lambda: q._timer_wakes_at is not None)  # asleep until "late" is due
     q.add_after("early", 0.05)
     assert q.get(timeout=0.3) == "early"
     assert q.get(timeout=1) == "late"
@@ -74,6 +82,7 @@ def test_shutdown_wakes_waiting_workers() -> None:
     workers = [threading.Thread(target=lambda: got.append(q.get())) for _ in range(3)]
     for w in workers:
         w.start()
+    wait_until(lambda: len(q._ready._waiters) == 3)  # type: ignore[attr-defined]
     q.shutdown()
     for w in workers:
         w.join(timeout=2)
