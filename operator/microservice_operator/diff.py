@@ -119,9 +119,25 @@ def is_subset(desired: Any, live: Any, *, quantities: bool = False) -> bool:
 
 
 _COMPARED: LRU[tuple[str, str], tuple[str, str, bool]] = LRU(50_000)
-"""needs_apply's field-by-field verdict on each live object's latest version: (uid,
-kind) -> (its resourceVersion, our hash, verdict). An object at one resourceVersion never
-changes, so it is compared once; one entry per object, replaced by its next version."""
+"""needs_apply's verdict on all but the metadata of each live object's latest spec:
+(uid, kind) -> (its spec version, our hash, verdict); one entry per object, replaced by
+its next version. See :data:`SPEC_VERSIONED`."""
+
+SPEC_VERSIONED = frozenset({"Deployment", "PodDisruptionBudget"})
+"""Kinds whose ``metadata.generation`` the API server raises on every change of their
+spec (the apps and policy strategies do; their controllers report it back as
+``status.observedGeneration``). A Deployment gets a new resourceVersion with each of its
+status updates, several per rollout, none of which touches what we apply: its spec is
+compared once per generation, its metadata (where a version can change without a new
+generation) every time. Other kinds are compared once per resourceVersion."""
+
+
+def _spec_version(live: dict[str, Any]) -> str | None:
+    meta = live.get("metadata") or {}
+    if live.get("kind") in SPEC_VERSIONED and meta.get("generation"):
+        return f"g{meta['generation']}"
+    rv = meta.get("resourceVersion")
+    return f"rv{rv}" if rv else None
 
 
 def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
@@ -133,16 +149,18 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     theirs = (meta.get("annotations") or {}).get(APPLIED_HASH)
     if ours != theirs:
         return True
-    uid, rv = meta.get("uid"), meta.get("resourceVersion")
-    version = (str(rv), str(ours)) if uid and rv else None
-    if version is not None:
-        known = _COMPARED.get((str(uid), str(live.get("kind"))))
-        if known is not None and known[:2] == version:
+    if not is_subset(desired["metadata"], meta):
+        return True
+    uid, version = meta.get("uid"), _spec_version(live)
+    key = (str(uid), str(live.get("kind")))
+    if uid and version is not None:
+        known = _COMPARED.get(key)
+        if known is not None and known[:2] == (version, ours):
             return known[2]
-    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
-    verdict = not is_subset(body, live)
-    if version is not None:
-        _COMPARED.put((str(uid), str(live.get("kind"))), (*version, verdict))
+    rest = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
+    verdict = not is_subset(rest, live)
+    if uid and version is not None:
+        _COMPARED.put(key, (version, str(ours), verdict))
     return verdict
 
 

@@ -117,6 +117,8 @@ KUBE_VERBS: Final = (
     "other",
 )
 WATCH_EVENT_TYPES: Final = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+_MAX_CACHED_CHILDREN: Final = 1000
+"""Bound of each per-argument cache of labelled counter children (OperatorMetrics)."""
 KUBE_RESOURCES: Final = (
     "microservices",
     "deployments",
@@ -507,6 +509,12 @@ class OperatorMetrics:
         )
         for reason in RECONCILE_ERROR_REASONS:
             self.reconcile_errors.labels(reason=reason)
+        # The labelled children of the two counters bumped on every request and every
+        # watch event, by their raw arguments: ``labels()`` validates and locks each
+        # time, a measurable part of handling a watch event. Their labels are bounded,
+        # so are these; neither counter's series are ever removed.
+        self._request_children: dict[tuple[str, str, int | str | None], Any] = {}
+        self._event_children: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------ per MicroService
 
@@ -654,13 +662,25 @@ class OperatorMetrics:
 
     def kube_request(self, verb: str, resource: str, code: int | str | None) -> None:
         """Count one API request. Matches kube.RequestHook, so it can be the hook."""
-        verb_label = _bounded(verb, KUBE_VERBS, "other", "kube verb")
-        self.kube_requests.labels(verb_label, _kube_resource(resource), _kube_code(code)).inc()
+        child = self._request_children.get((verb, resource, code))
+        if child is None:
+            verb_label = _bounded(verb, KUBE_VERBS, "other", "kube verb")
+            child = self.kube_requests.labels(
+                verb_label, _kube_resource(resource), _kube_code(code)
+            )
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:
+                self._request_children[(verb, resource, code)] = child
+        child.inc()
 
     def watch_event(self, resource: str, etype: str) -> None:
         """Count one watch event of ``resource`` (a plural or kind)."""
-        label = _bounded(etype, WATCH_EVENT_TYPES, "other", "watch event type")
-        self.watch_events.labels(_kube_resource(resource), label).inc()
+        child = self._event_children.get((resource, etype))
+        if child is None:
+            label = _bounded(etype, WATCH_EVENT_TYPES, "other", "watch event type")
+            child = self.watch_events.labels(_kube_resource(resource), label)
+            if len(self._event_children) < _MAX_CACHED_CHILDREN:
+                self._event_children[(resource, etype)] = child
+        child.inc()
 
     # ------------------------------------------------------------ exposition
 

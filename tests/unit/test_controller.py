@@ -231,6 +231,7 @@ def test_a_plan_that_writes_is_not_memoised(
     drifted = copy.deepcopy(state["observed"].deployment)
     drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
     drifted["metadata"]["resourceVersion"] = "12"
+    drifted["metadata"]["generation"] = 2  # the API server's answer to a spec edit
     state["observed"] = dataclasses.replace(state["observed"], deployment=drifted)
     for _ in range(2):
         with pytest.raises(AssertionError, match="unexpected API call: apply"):

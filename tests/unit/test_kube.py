@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import http.client
+import io
 import json
 import shutil
 import socket
@@ -9,6 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -21,6 +24,7 @@ from microservice_operator.kube import (
     DEPLOYMENTS,
     MICROSERVICES,
     PODS,
+    TRANSPORT_ERRORS,
     Kube,
     KubeError,
     Transport,
@@ -28,6 +32,7 @@ from microservice_operator.kube import (
     counted_session,
     dechunk,
     decode,
+    read_answer,
     request_labels,
     share,
 )
@@ -257,6 +262,9 @@ def tls_server(tmp_path: Any) -> Any:
             while conn.recv(65536):
                 served.append(1)
                 body = str(len(served)).encode()
+                if Server.answer is not None:
+                    conn.sendall(Server.answer(body))
+                    continue
                 head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
                 conn.sendall(head + body)
 
@@ -274,6 +282,8 @@ def tls_server(tmp_path: Any) -> Any:
         port = listener.getsockname()[1]
         ca = str(cert)
         accepted = conns
+        # What to send for a request, given the body the default answer would have.
+        answer: Callable[[bytes], bytes] | None = None
 
         @staticmethod
         def close_all() -> None:
@@ -304,6 +314,90 @@ def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: A
     time.sleep(0.1)
     assert get() == b"3"  # on a new connection, not an error
     assert len(tls_server.accepted) == 2
+
+
+def test_a_chunked_answer_keeps_the_connection_and_connection_close_does_not(
+    tls_server: Any,
+) -> None:
+    """The API server sends larger answers chunked: read whole, the connection is
+    reused. An answer that says ``Connection: close`` is the last on its connection."""
+    creds = Credentials(server=f"https://127.0.0.1:{tls_server.port}", ca_file=tls_server.ca)
+    transport = Transport(creds)
+
+    def get() -> bytes:
+        resp = transport.request("GET", "/api", [], headers={}, body=None, timeout=5.0)
+        try:
+            return resp.data
+        finally:
+            resp.release_conn()
+
+    tls_server.answer = lambda body: (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3\r\n{"a\r\n%x\r\n%s\r\n2\r\n"}\r\n0\r\n\r\n' % (len(body), body)
+    )
+    assert [get(), get()] == [b'{"a1"}', b'{"a2"}']
+    assert len(tls_server.accepted) == 1
+    tls_server.answer = lambda body: (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert get() == b"3"
+    assert get() == b"4"
+    assert len(tls_server.accepted) == 2  # the closing answer's connection was dropped
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", (200, b"{}", True)),
+        (b"HTTP/1.1 201 Created\r\ncontent-length:  2 \r\n\r\n{}rest", (201, b"{}", True)),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            (200, b"{}", False),
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", (200, b"{}", False)),
+        (b"HTTP/1.1 200 OK\r\n\r\nto the end", (200, b"to the end", False)),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"", True)),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+            (200, b"x", True),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2;ext=1\r\nab\r\n1\r\nc\r\n0\r\nTrailer: x\r\n\r\n",
+            (200, b"abc", True),
+        ),
+    ],
+)
+def test_an_answer_is_read_by_its_framing(raw: bytes, expected: tuple[int, bytes, bool]) -> None:
+    assert read_answer(io.BytesIO(raw), "GET") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"", http.client.RemoteDisconnected),
+        (b"SSH-2.0-OpenSSH\r\n", http.client.BadStatusLine),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}", http.client.HTTPException),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            http.client.IncompleteRead,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab",
+            http.client.HTTPException,
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", http.client.HTTPException),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", http.client.IncompleteRead),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", http.client.HTTPException),
+    ],
+)
+def test_a_broken_answer_is_a_transport_error(raw: bytes, error: type[Exception]) -> None:
+    """Each is one of http.client's exceptions, which callers count as transport errors
+    (the server may or may not have acted)."""
+    assert issubclass(error, TRANSPORT_ERRORS)
+    with pytest.raises(error):
+        read_answer(io.BytesIO(raw), "GET")
 
 
 def test_a_request_to_a_server_that_never_answers_fails_within_its_timeout() -> None:

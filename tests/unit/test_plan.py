@@ -168,6 +168,7 @@ def test_drift_on_an_owned_field_is_reapplied() -> None:
     assert dep is not None
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
     dep["metadata"]["resourceVersion"] = "11"  # every change is a new version
+    dep["metadata"]["generation"] = 2  # and a spec change a new generation
     p = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
     assert [m["kind"] for m in p.applies] == ["Deployment"]
 
@@ -435,24 +436,71 @@ def test_forged_failover_timers_are_ignored_not_trusted() -> None:
 
 
 def test_a_child_version_is_compared_field_by_field_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An object at one resourceVersion never changes: its drift verdict is kept, and a
-    new version (an edit) is compared again."""
+    """An object at one version never changes: its drift verdict is kept, and a new
+    version (an edit) is compared again."""
     obj, observed = converged(HELLO)
     diff._COMPARED.clear()  # converged() planned already
-    calls: list[int] = []
+    calls: list[Any] = []
     real = diff.is_subset
-    monkeypatch.setattr(diff, "is_subset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k)
+    )
+
+    def specs_compared() -> int:
+        return sum(1 for d in calls if isinstance(d, dict) and "template" in d)
+
     assert plan.plan(obj, observed, NOW).writes == 0
-    compared = len(calls)
-    assert compared > 0
+    assert specs_compared() == 1
+    calls.clear()
     assert plan.plan(obj, observed, NOW).writes == 0
-    assert len(calls) == compared  # same versions: no comparison at all
+    assert calls and specs_compared() == 0  # same versions: the metadata only
     dep = copy.deepcopy(observed.deployment)
     assert dep is not None
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
     dep["metadata"]["resourceVersion"] = "11"
+    dep["metadata"]["generation"] = 2  # the API server raises it with every spec change
     edited = plan.plan(obj, plan.Observed(**{**observed.__dict__, "deployment": dep}), NOW)
     assert [m["kind"] for m in edited.applies] == ["Deployment"]
+
+
+def test_a_deployment_status_update_compares_its_metadata_not_its_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Deployment's status updates (new resourceVersion, same generation) are most
+    of its versions during a rollout: its spec verdict holds for the generation, but
+    its metadata, which can change without a new generation, is compared again."""
+    obj, observed = converged(HELLO)
+    assert plan.plan(obj, observed, NOW).writes == 0
+    dep = copy.deepcopy(observed.deployment)
+    assert dep is not None
+    dep["metadata"]["resourceVersion"] = "12"
+    dep["status"] = {**dep["status"], "readyReplicas": 2}
+    calls: list[Any] = []
+    real = diff.is_subset
+    monkeypatch.setattr(
+        diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k)
+    )
+    status_only = plan.Observed(**{**observed.__dict__, "deployment": dep})
+    assert [m["kind"] for m in plan.plan(obj, status_only, NOW).applies] == []
+    assert not any(isinstance(d, dict) and "template" in d for d in calls)  # spec unread
+    # A label of ours removed: a new version of the same generation, and drift.
+    dep = copy.deepcopy(dep)
+    dep["metadata"]["resourceVersion"] = "13"
+    del dep["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    relabelled = plan.Observed(**{**observed.__dict__, "deployment": dep})
+    assert [m["kind"] for m in plan.plan(obj, relabelled, NOW).applies] == ["Deployment"]
+
+
+def test_a_service_is_compared_again_at_each_version() -> None:
+    """Kinds whose generation does not follow their spec are compared per version."""
+    obj, observed = converged(HELLO)
+    assert plan.plan(obj, observed, NOW).writes == 0
+    svc = copy.deepcopy(observed.service)
+    assert svc is not None
+    svc["spec"]["ports"][0]["port"] = 1234
+    svc["metadata"]["resourceVersion"] = "14"
+    edited = plan.Observed(**{**observed.__dict__, "service": svc})
+    assert [m["kind"] for m in plan.plan(obj, edited, NOW).applies] == ["Service"]
 
 
 def test_a_new_microservice_of_zero_replicas_is_not_ready_before_its_deployment_exists() -> None:
