@@ -67,6 +67,11 @@ TRIM_EVERY = 5
 CHILD_EVENT_DELAY = 1.0
 """Seconds a child's change waits before its MicroService is reconciled; changes of
 its other children meanwhile join the same reconcile."""
+CHILD_EVENT_GRID = 0.25
+"""Reconciles for child changes start on this grid of the monotonic clock (up to this
+much after CHILD_EVENT_DELAY): the MicroServices whose children changed within the
+same quarter second are reconciled together, back to back, rather than each on its
+own wake-up (see kube.WATCH_GATHER_SECONDS for why that costs less CPU)."""
 
 
 def _exit_now(code: int) -> None:
@@ -366,7 +371,8 @@ class Controller:
                 # Children change in bursts (a rollout moves every pod through several
                 # states within a second): wait a moment, so one reconcile sees the
                 # burst instead of one reconcile per pod event.
-                self.queue.add_after(key, CHILD_EVENT_DELAY)
+                grid = CHILD_EVENT_GRID
+                self.queue.add_after(key, CHILD_EVENT_DELAY + (-time.monotonic()) % grid)
 
     def _forget(self, key: Key, why: str = "deleted") -> None:
         """The MicroService is gone (or its namespace no longer selected): drop its

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kopf
@@ -19,6 +19,7 @@ import pytest
 import urllib3
 from aiohttp import web
 
+from microservice_operator import kube as kube_module
 from microservice_operator.connection import Credentials
 from microservice_operator.kube import (
     DEPLOYMENTS,
@@ -415,3 +416,92 @@ def test_a_request_to_a_server_that_never_answers_fails_within_its_timeout() -> 
         assert time.monotonic() - started < 3
     finally:
         silent.close()
+
+
+def _watch_server(send: Callable[[Callable[[bytes], None]], None]) -> tuple[socket.socket, Any]:
+    """A loopback plain-HTTP server answering one watch with the chunks ``send`` writes
+    (through the function it is given), then the last chunk."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                send(lambda data: conn.sendall(b"%x\r\n%s\r\n" % (len(data), data)))
+                conn.sendall(b"0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _event(i: int, pad: int = 0) -> bytes:
+    obj = {"metadata": {"name": f"p{i}", "resourceVersion": str(i + 2)}, "pad": "x" * pad}
+    return json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
+
+
+def _watch_reads(
+    monkeypatch: pytest.MonkeyPatch, send: Callable[[Callable[[bytes], None]], None]
+) -> tuple[list[str], list[int]]:
+    """(names of the events a watch delivered, bytes of each read of the connection)."""
+    reads: list[int] = []
+    real = kube_module.dechunk
+
+    def counting(read: Callable[[int], bytes]) -> Iterator[bytes]:
+        def counted(n: int) -> bytes:
+            data = read(n)
+            reads.append(len(data))
+            return data
+
+        return real(counted)
+
+    monkeypatch.setattr(kube_module, "dechunk", counting)
+    listener, thread = _watch_server(send)
+    try:
+        kube = Kube(Transport(Credentials(server=f"http://127.0.0.1:{listener.getsockname()[1]}")))
+        names = [
+            e["object"]["metadata"]["name"]
+            for e in kube.watch(PODS, "ns", resource_version="1", read_timeout=10)
+        ]
+    finally:
+        listener.close()
+        thread.join(10)
+    return names, reads
+
+
+def test_a_watch_reads_the_events_that_came_meanwhile_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events that arrive while the watch gathers are handled in one wake-up, not one
+    each (see WATCH_GATHER_SECONDS)."""
+    monkeypatch.setattr(kube_module, "WATCH_GATHER_SECONDS", 0.5)
+
+    def spaced(send: Callable[[bytes], None]) -> None:
+        for i in range(5):
+            send(_event(i))
+            time.sleep(0.02)
+
+    names, reads = _watch_reads(monkeypatch, spaced)
+    assert names == [f"p{i}" for i in range(5)]
+    assert len([n for n in reads if n]) == 1  # all five in one read (then the end)
+
+
+def test_a_watch_flood_is_read_whole_without_falling_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gathering never caps a watch's throughput: each round drains what is there."""
+
+    def flood(send: Callable[[bytes], None]) -> None:
+        for i in range(400):
+            send(_event(i, pad=2000))
+
+    names, reads = _watch_reads(monkeypatch, flood)
+    assert names == [f"p{i}" for i in range(400)]
+    # ~800 KiB: one gathering each of 64 reads of the connection at most, a few rounds.
+    assert sum(reads) > 800_000
+    assert len(reads) < 10

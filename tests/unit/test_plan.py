@@ -442,9 +442,7 @@ def test_a_child_version_is_compared_field_by_field_once(monkeypatch: pytest.Mon
     diff._COMPARED.clear()  # converged() planned already
     calls: list[Any] = []
     real = diff.is_subset
-    monkeypatch.setattr(
-        diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k)
-    )
+    monkeypatch.setattr(diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k))
 
     def specs_compared() -> int:
         return sum(1 for d in calls if isinstance(d, dict) and "template" in d)
@@ -477,9 +475,7 @@ def test_a_deployment_status_update_compares_its_metadata_not_its_spec(
     dep["status"] = {**dep["status"], "readyReplicas": 2}
     calls: list[Any] = []
     real = diff.is_subset
-    monkeypatch.setattr(
-        diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k)
-    )
+    monkeypatch.setattr(diff, "is_subset", lambda d, *a, **k: calls.append(d) or real(d, *a, **k))
     status_only = plan.Observed(**{**observed.__dict__, "deployment": dep})
     assert [m["kind"] for m in plan.plan(obj, status_only, NOW).applies] == []
     assert not any(isinstance(d, dict) and "template" in d for d in calls)  # spec unread
