@@ -298,9 +298,11 @@ def tls_server(tmp_path: Any) -> Any:
     listener.close()
 
 
-def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: Any) -> None:
-    creds = Credentials(server=f"https://127.0.0.1:{tls_server.port}", ca_file=tls_server.ca)
-    transport = Transport(creds)
+def _getter(tls_server: Any) -> Callable[[], bytes]:
+    """GET /api from the server through one Transport: the answer's body."""
+    transport = Transport(
+        Credentials(server=f"https://127.0.0.1:{tls_server.port}", ca_file=tls_server.ca)
+    )
 
     def get() -> bytes:
         resp = transport.request("GET", "/api", [], headers={}, body=None, timeout=5.0)
@@ -308,6 +310,12 @@ def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: A
             return resp.data
         finally:
             resp.release_conn()
+
+    return get
+
+
+def test_requests_reuse_a_connection_but_not_one_the_server_closed(tls_server: Any) -> None:
+    get = _getter(tls_server)
 
     assert [get(), get()] == [b"1", b"2"]
     assert len(tls_server.accepted) == 1  # kept alive
@@ -322,15 +330,7 @@ def test_a_chunked_answer_keeps_the_connection_and_connection_close_does_not(
 ) -> None:
     """The API server sends larger answers chunked: read whole, the connection is
     reused. An answer that says ``Connection: close`` is the last on its connection."""
-    creds = Credentials(server=f"https://127.0.0.1:{tls_server.port}", ca_file=tls_server.ca)
-    transport = Transport(creds)
-
-    def get() -> bytes:
-        resp = transport.request("GET", "/api", [], headers={}, body=None, timeout=5.0)
-        try:
-            return resp.data
-        finally:
-            resp.release_conn()
+    get = _getter(tls_server)
 
     tls_server.answer = lambda body: (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
