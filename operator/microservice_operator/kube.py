@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import http.client
+import io
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -380,21 +381,21 @@ _UNSAFE_IN_REQUEST = re.compile(r"[\x00-\x20\x7f]")
 tabs (they would end the line: request splitting)."""
 
 
-def _line(reader: IO[bytes]) -> bytes:
+def _line(reader: io.BufferedIOBase) -> bytes:
     line = reader.readline(_MAX_LINE + 1)
     if len(line) > _MAX_LINE:
         raise http.client.LineTooLong("answer line")
     return line
 
 
-def read_answer(reader: IO[bytes], method: str) -> tuple[int, bytes, bool]:
+def read_answer(reader: io.BufferedIOBase, method: str) -> tuple[int, bytes, bool]:
     """(status, body, whether the connection stays open) of one HTTP/1.1 answer.
 
     What http.client's response does, without its header parsing through the email
     package, which was a third of a request's CPU: only Content-Length,
     Transfer-Encoding and Connection matter here. Informational (1xx) answers are
-    skipped. A connection closed early raises http.client's exceptions (transport
-    errors to the caller)."""
+    skipped. A connection closed early raises http.client's exceptions, or in a chunked
+    body :func:`dechunk`'s (all transport errors to the caller)."""
     while True:
         line = _line(reader)
         if not line:
@@ -427,35 +428,13 @@ def read_answer(reader: IO[bytes], method: str) -> tuple[int, bytes, bool]:
     if status in (204, 304) or method == "HEAD":
         return status, b"", not close
     if chunked:
-        return status, _read_chunked(reader), not close
+        return status, b"".join(dechunk(reader.read1)), not close
     if length is None:  # the body ends with the connection
         return status, reader.read(), False
     body = reader.read(length)
     if len(body) < length:
         raise http.client.IncompleteRead(body, length - len(body))
     return status, body, not close
-
-
-def _read_chunked(reader: IO[bytes]) -> bytes:
-    pieces: list[bytes] = []
-    while True:
-        line = _line(reader)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)  # extensions ignored
-        except ValueError:
-            if not line:
-                raise http.client.IncompleteRead(b"".join(pieces)) from None
-            raise http.client.HTTPException(f"bad chunk size {line[:40]!r}") from None
-        if size == 0:
-            while _line(reader) not in (b"\r\n", b"\n", b""):
-                pass  # trailers: none of them matters here
-            return b"".join(pieces)
-        data = reader.read(size)
-        if len(data) < size:
-            raise http.client.IncompleteRead(b"".join([*pieces, data]), size - len(data))
-        pieces.append(data)
-        if reader.read(2) != b"\r\n":
-            raise http.client.HTTPException("chunk data not followed by CRLF")
 
 
 class _Direct:
@@ -620,8 +599,9 @@ class Transport:
         timeout: float | tuple[float, float],
         stream: bool = False,
     ) -> urllib3.BaseHTTPResponse | _Answer:
-        """Send one request; the response's body is not read yet (the caller reads it,
-        or streams it for a watch)."""
+        """Send one request. Through the direct connections the answer comes read
+        whole; through urllib3 its body is not read yet (the caller reads it, or
+        streams it for a watch: ``stream``)."""
         target = path
         if query:
             target += "?" + urllib.parse.urlencode(query)
@@ -716,8 +696,10 @@ def _body(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
     """The data of an HTTP/1.1 chunked body from ``read(n)`` (up to n bytes as they
     come, b"" when the connection ends), as it arrives: each piece joins every chunk
-    that one read completed. Raises ProtocolError on a malformed body and on one that
-    ends without its last (empty) chunk."""
+    that one read completed. Reads the body to its end, trailers included (a watch's,
+    or an answer's on a kept-alive connection, whose next answer must not start with
+    them: see :func:`read_answer`). Raises ProtocolError on a malformed body and on
+    one that ends before its last (empty) chunk and trailers."""
     buf = b""
     while True:
         pieces: list[bytes] = []
@@ -729,9 +711,13 @@ def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
                 line = buf[pos:end][:40]
                 raise urllib3.exceptions.ProtocolError(f"bad chunk size {line!r}") from None
             if size == 0:
+                # The last chunk, then trailer lines (ignored) up to an empty one: all
+                # of it read, so a kept-alive connection's next answer starts clean.
+                if buf.find(b"\r\n\r\n", end) < 0:
+                    break  # the end of the trailers is still on its way
                 if pieces:
                     yield b"".join(pieces)
-                return  # the last chunk; trailers, if any, are not read
+                return
             stop = end + 2 + size
             if len(buf) < stop + 2:
                 break  # the rest of this chunk is still on its way
