@@ -371,8 +371,7 @@ class Controller:
                 # Children change in bursts (a rollout moves every pod through several
                 # states within a second): wait a moment, so one reconcile sees the
                 # burst instead of one reconcile per pod event.
-                grid = CHILD_EVENT_GRID
-                self.queue.add_after(key, CHILD_EVENT_DELAY + (-time.monotonic()) % grid)
+                self.queue.add_after(key, CHILD_EVENT_DELAY, grid=CHILD_EVENT_GRID)
 
     def _forget(self, key: Key, why: str = "deleted") -> None:
         """The MicroService is gone (or its namespace no longer selected): drop its

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import threading
 import time
 from collections import deque
@@ -67,12 +68,18 @@ class WorkQueue:
         self._queue.append(key)
         self._ready.notify()
 
-    def add_after(self, key: Any, delay: float) -> None:
-        """Queue ``key`` after ``delay`` seconds; an earlier pending timer wins."""
+    def add_after(self, key: Any, delay: float, *, grid: float = 0.0) -> None:
+        """Queue ``key`` after ``delay`` seconds; an earlier pending timer wins.
+
+        ``grid``: then at the next multiple of ``grid`` seconds of the queue's clock,
+        so that keys added within the same ``grid`` seconds come due together and are
+        handed over on one wake-up, their work done back to back."""
         with self._lock:
             if self._shutdown:
                 return
             when = self._clock() + max(0.0, delay)
+            if grid > 0:
+                when = math.ceil(when / grid) * grid
             due = self._due.get(key)
             if due is not None and due <= when:
                 return
