@@ -704,6 +704,7 @@ def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
     while True:
         pieces: list[bytes] = []
         pos = 0  # where the next chunk's size line starts
+        want = 1  # bytes to read before parsing again
         while (end := buf.find(b"\r\n", pos)) >= 0:
             try:
                 size = int(buf[pos:end].split(b";", 1)[0], 16)  # extensions ignored
@@ -720,17 +721,24 @@ def dechunk(read: Callable[[int], bytes]) -> Iterator[bytes]:
                 return
             stop = end + 2 + size
             if len(buf) < stop + 2:
-                break  # the rest of this chunk is still on its way
+                want = stop + 2 - len(buf)  # the rest of this chunk is on its way
+                break
             if buf[stop : stop + 2] != b"\r\n":
                 raise urllib3.exceptions.ProtocolError("chunk data not followed by CRLF")
             pieces.append(buf[end + 2 : stop])
             pos = stop + 2
         if pieces:
             yield b"".join(pieces)
-        more = read(READ_SIZE)
-        if not more:
-            raise urllib3.exceptions.ProtocolError("response ended before its last chunk")
-        buf = buf[pos:] + more
+        # Read on until the chunk in progress is complete, and join once: a LIST page
+        # comes as one chunk of hundreds of KiB, a TLS record (16 KiB) per read.
+        parts = [buf[pos:]]
+        while want > 0:
+            more = read(READ_SIZE)
+            if not more:
+                raise urllib3.exceptions.ProtocolError("response ended before its last chunk")
+            parts.append(more)
+            want -= len(more)
+        buf = b"".join(parts)
 
 
 class Kube:

@@ -223,6 +223,13 @@ def test_dechunk_joins_the_chunks_one_read_completed() -> None:
     assert list(dechunk(_reads(b"3;x=y\r\nabc\r\n0\r\n\r\n", []))) == [b"abc"]
 
 
+def test_dechunk_gives_a_chunk_many_reads_long_whole() -> None:
+    """A LIST page comes as one chunk of hundreds of KiB, read a TLS record at a time."""
+    data = bytes(range(256)) * 1024  # 256 KiB
+    body = _chunked(data, b"tail")
+    assert list(dechunk(_reads(body, [16384] * (len(body) // 16384)))) == [data + b"tail"]
+
+
 def test_dechunk_reads_the_trailers_up_to_the_empty_line() -> None:
     """On a kept-alive connection the next answer starts right after the body: the
     empty line that ends it (after any trailers) is read with the body, even when it
