@@ -418,6 +418,17 @@ class MetricsServer:
         self.stop()
 
 
+def _cached_child(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` the first time (and kept while the cache has
+    room: the raw arguments a key is made of are not bounded, the labels are)."""
+    child = cache.get(key)
+    if child is None:
+        child = make()
+        if len(cache) < _MAX_CACHED_CHILDREN:
+            cache[key] = child
+    return child
+
+
 class OperatorMetrics:
     """All metrics of one operator process, in their own registry.
 
@@ -662,25 +673,26 @@ class OperatorMetrics:
 
     def kube_request(self, verb: str, resource: str, code: int | str | None) -> None:
         """Count one API request. Matches kube.RequestHook, so it can be the hook."""
-        child = self._request_children.get((verb, resource, code))
-        if child is None:
-            verb_label = _bounded(verb, KUBE_VERBS, "other", "kube verb")
-            child = self.kube_requests.labels(
-                verb_label, _kube_resource(resource), _kube_code(code)
-            )
-            if len(self._request_children) < _MAX_CACHED_CHILDREN:
-                self._request_children[(verb, resource, code)] = child
-        child.inc()
+        _cached_child(
+            self._request_children,
+            (verb, resource, code),
+            lambda: self.kube_requests.labels(
+                _bounded(verb, KUBE_VERBS, "other", "kube verb"),
+                _kube_resource(resource),
+                _kube_code(code),
+            ),
+        ).inc()
 
     def watch_event(self, resource: str, etype: str) -> None:
         """Count one watch event of ``resource`` (a plural or kind)."""
-        child = self._event_children.get((resource, etype))
-        if child is None:
-            label = _bounded(etype, WATCH_EVENT_TYPES, "other", "watch event type")
-            child = self.watch_events.labels(_kube_resource(resource), label)
-            if len(self._event_children) < _MAX_CACHED_CHILDREN:
-                self._event_children[(resource, etype)] = child
-        child.inc()
+        _cached_child(
+            self._event_children,
+            (resource, etype),
+            lambda: self.watch_events.labels(
+                _kube_resource(resource),
+                _bounded(etype, WATCH_EVENT_TYPES, "other", "watch event type"),
+            ),
+        ).inc()
 
     # ------------------------------------------------------------ exposition
 

@@ -393,6 +393,18 @@ def test_kube_requests_are_counted_with_bounded_labels(m: OperatorMetrics) -> No
             assert lab["code"] == "error" or lab["code"].isdigit()
 
 
+def test_counting_goes_on_past_the_bound_of_the_cached_children(m: OperatorMetrics) -> None:
+    """The labelled children are cached by raw arguments, which are unbounded: past the
+    cache's bound every request and event is still counted, on its bounded labels."""
+    for i in range(1500):
+        m.kube_request(f"verb-{i}", "pods", 200)
+        m.watch_event("pods", f"TYPE-{i}")
+    m.kube_request("get", "pods", 200)
+    assert value(m, "mso_kube_requests_total", verb="other", resource="pods", code="200") == 1500
+    assert value(m, "mso_kube_requests_total", verb="get", resource="pods", code="200") == 1
+    assert value(m, "mso_watch_events_total", resource="pods", type="other") == 1500
+
+
 def test_analysis_results_by_outcome_and_forgotten_with_the_microservice(
     m: OperatorMetrics,
 ) -> None:
