@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,86 @@ def pod_images(api: client.ApiClient, namespace: str) -> set[str]:
         for p in client.CoreV1Api(api).list_namespaced_pod(namespace).items
         for c in p.spec.containers
     }
+
+
+def convergence_report(api: client.ApiClient, namespace: str, image: str) -> str:
+    """What keeps a namespace's MicroServices from being Ready on ``image``, read off the
+    API server: each laggard's conditions, its Deployment's status and its pods. Printed
+    when a convergence wait times out, to tell the operator's share from the cluster's."""
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace).items
+    deployments = {
+        d.metadata.name: d
+        for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    }
+    lines = []
+    for ms in list_ms(api, namespace):
+        name = ms["metadata"]["name"]
+        d = deployments.get(name)
+        image_ok = d is not None and d.spec.template.spec.containers[0].image == image
+        if is_ready(ms) and image_ok:
+            continue
+        status = ms.get("status") or {}
+        lines.append(
+            f"{name}: generation {ms['metadata'].get('generation')}, "
+            f"observedGeneration {status.get('observedGeneration')}"
+        )
+        for c in status.get("conditions") or []:
+            lines.append(f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}")
+        if d is None:
+            lines.append("  no Deployment")
+            continue
+        s = d.status
+        lines.append(
+            f"  Deployment {d.spec.template.spec.containers[0].image} generation "
+            f"{d.metadata.generation}/{s.observed_generation}: replicas {s.replicas}, "
+            f"updated {s.updated_replicas}, ready {s.ready_replicas}, "
+            f"available {s.available_replicas}"
+        )
+        for p in pods:
+            if not (p.metadata.name.startswith(f"{name}-") and p.metadata.labels):
+                continue
+            ready = next((c for c in p.status.conditions or [] if c.type == "Ready"), None)
+            lines.append(
+                f"  pod {p.metadata.name} {p.spec.containers[0].image} {p.status.phase} "
+                f"Ready={ready.status if ready else None} "
+                f"since={ready.last_transition_time if ready else None} "
+                f"node={p.spec.node_name} deleting={p.metadata.deletion_timestamp}"
+            )
+    return "\n".join(lines) or "(all Ready)"
+
+
+RESYNC_ANNOTATION = "tests.mso.dev/kubelet-resync"
+
+
+def resync_stuck_pods(api: client.ApiClient, namespace: str, image: str, stale_after: float) -> int:
+    """Play the part of a kubelet's periodic status sync for kwok; returns how many pods
+    it touched.
+
+    A kubelet re-reports every pod's status every sync period (~10 s), so a status
+    update lost while the API server or etcd was down is simply sent again. kwok (the
+    local kubelets) has no such loop: a failed stage patch is dropped when the error is
+    not one it calls retryable (an etcd "rpc error: Unavailable" comes back as a 500),
+    and otherwise retried with a doubling backoff capped at 32 minutes (kwok v0.8.0,
+    pkg/kwok/controllers/utils.go). Any update to the pod makes kwok replay its stage at
+    once, so touching an annotation of a pod that has stayed not Ready on ``image`` for
+    ``stale_after`` seconds gives it what a kubelet would. The operator ignores the
+    annotation; it only sees the pod become Ready, as it would on a real node."""
+    core = client.CoreV1Api(api)
+    now = datetime.datetime.now(datetime.UTC)
+    touched = 0
+    for p in core.list_namespaced_pod(namespace).items:
+        if p.metadata.deletion_timestamp or not p.spec.node_name:
+            continue
+        if p.spec.containers[0].image != image:
+            continue
+        ready = next((c for c in p.status.conditions or [] if c.type == "Ready"), None)
+        if ready is not None and ready.status == "True":
+            continue
+        since = ready.last_transition_time if ready and ready.last_transition_time else None
+        since = since or p.metadata.creation_timestamp
+        if (now - since).total_seconds() < stale_after:
+            continue
+        body = {"metadata": {"annotations": {RESYNC_ANNOTATION: now.isoformat()}}}
+        core.patch_namespaced_pod(p.metadata.name, namespace, body)
+        touched += 1
+    return touched
