@@ -278,7 +278,10 @@ def tls_server(tmp_path: Any) -> Any:
     served: list[int] = []
 
     def serve(conn: ssl.SSLSocket) -> None:
-        with contextlib.suppress(OSError):
+        # Only this thread closes the connection: closed from another thread while this
+        # one is reading, its descriptor could be reused by the next accepted connection
+        # and this thread's TLS state would read (and corrupt) that one's records.
+        with contextlib.suppress(OSError), conn:
             while conn.recv(65536):
                 served.append(1)
                 body = str(len(served)).encode()
@@ -289,10 +292,15 @@ def tls_server(tmp_path: Any) -> Any:
                 conn.sendall(head + body)
 
     def accept() -> None:
-        with contextlib.suppress(OSError):
+        # The listener too is closed by its own thread (see serve).
+        with contextlib.suppress(OSError), listener:
             while True:
                 raw, _ = listener.accept()
-                conn = ctx.wrap_socket(raw, server_side=True)
+                try:
+                    conn = ctx.wrap_socket(raw, server_side=True)
+                except OSError:  # a failed handshake ends that connection, not the server
+                    raw.close()
+                    continue
                 conns.append(conn)
                 threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
@@ -307,14 +315,15 @@ def tls_server(tmp_path: Any) -> Any:
 
         @staticmethod
         def close_all() -> None:
+            """Shut every connection down; its serving thread, woken by the EOF, closes it."""
             for conn in conns:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
 
     yield Server
     Server.close_all()
-    listener.close()
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)  # wakes accept(), which then closes it
 
 
 def _getter(tls_server: Any) -> tuple[Callable[[], bytes], Transport]:
