@@ -64,8 +64,17 @@ def control_plane_recovered(api: client.ApiClient, namespace: str, name: str) ->
             ),
         ),
     )
+
+    def create() -> bool:
+        try:
+            apps.create_namespaced_deployment(namespace, body)
+        except client.ApiException as exc:
+            if exc.status != 409:  # made by an earlier try whose answer was lost
+                raise
+        return True
+
     wait_for(
-        lambda: apps.create_namespaced_deployment(namespace, body),
+        create,
         timeout=60,
         interval=1,
         message="the API server accepts writes",

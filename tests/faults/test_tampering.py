@@ -274,7 +274,20 @@ def test_a_failed_write_after_the_rollback_decision_keeps_the_quarantine(
     name = f"deny-rollback-{namespace}"
     policy = DENY_V1.format(name=name, namespace=namespace)
     kubectl(kubeconfig, "apply", "-f", "-", input=policy)
+    apps = client.AppsV1Api(kube_api)
+
+    def policy_in_force() -> bool:
+        """A policy takes effect some time after it is created: a server-side dry run
+        of an update that keeps hello:1 is refused once it does."""
+        touch = {"metadata": {"annotations": {"tests.mso.dev/probe": "1"}}}
+        try:
+            apps.patch_namespaced_deployment("web", namespace, touch, dry_run="All")
+        except client.ApiException as exc:
+            return "writes that roll back to hello:1 are refused" in str(exc.body)
+        return False
+
     try:
+        wait_for(policy_in_force, timeout=30, interval=0.5, message="the policy in force")
         apply_all(kubeconfig, namespace, [web("hello:crashloop")])
         wait_for(
             lambda: quarantine_records(kube_api, namespace),

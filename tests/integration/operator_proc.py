@@ -51,9 +51,18 @@ class OperatorProcess:
         """The /metrics URL on loopback."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def start(self, timeout: float = 60) -> None:
-        """Start and wait until the liveness endpoint answers."""
+    def start(self, timeout: float = 60, synced: bool = True) -> None:
+        """Start and wait until the liveness endpoint answers and, with ``synced``, until
+        this process has filled its caches and started its workers (it logs "Started
+        microservice-operator"): a test that restarts the operator and then watches for
+        what it does (or does not do) must not be looking at a process still listing.
+        ``synced=False`` for an operator that cannot get there (no CRD, no rights)."""
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.env_overrides)
+        try:
+            offset = self.log_path.stat().st_size  # the log is appended to on a restart
+        except FileNotFoundError:
+            offset = 0
+        wanted = "Started microservice-operator" if synced else "Started"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             [
@@ -76,7 +85,7 @@ class OperatorProcess:
                 raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200 and "Started" in self.log_text():
+                    if resp.status == 200 and wanted.encode() in self._log_bytes()[offset:]:
                         return
             except OSError:
                 pass
@@ -97,10 +106,22 @@ class OperatorProcess:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing finished on the way out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.stop()
+
     def restart(self) -> None:
         """Stop and start again (new process, same ports)."""
         self.stop()
         self.start()
+
+    def _log_bytes(self) -> bytes:
+        try:
+            return self.log_path.read_bytes()
+        except FileNotFoundError:
+            return b""
 
     def log_text(self) -> str:
         """The whole log so far."""

@@ -354,14 +354,19 @@ def test_a_good_canary_is_promoted_through_every_step(
     wait_for(
         lambda: promoted() or "1/2" in steps, timeout=60, interval=0.2, message="canary step 1/2"
     )
+    # kubectl takes seconds on a loaded machine: step 2 may have begun meanwhile.
     listed = kubectl_get_ms(kubeconfig, ns)
-    assert "CANARY" in listed and "1/2" in listed, listed
+    assert "CANARY" in listed and ("1/2" in listed or "2/2" in listed), listed
     assert images == {"hello:1"}  # the stable pods keep the last known good meanwhile
     wait_for(promoted, timeout=120, interval=0.2, message="v2 promoted and proven")
-    assert steps == {"1/2": 1, "2/2": 2}, steps
+    # Each step seen had its size (polling may miss a step; the Events do not).
+    assert "1/2" in steps and steps == {k: v for k, v in {"1/2": 1, "2/2": 2}.items() if k in steps}
     wait_events(kube_api, ns, "web", "CanaryPromoted")
-    reasons = [e.reason for e in events_all(kube_api, ns)]
+    evs = events_all(kube_api, ns)
+    reasons = [e.reason for e in evs]
     assert "CanaryStep" in reasons and "CanaryPromoted" in reasons
+    started = [e.message for e in evs if e.reason == "CanaryStep" and "2/2" in e.message]
+    assert any("step 2/2, 2 canary pods" in m for m in started), started
     wait_for(
         lambda: deployment(kube_api, ns, "web-canary") is None,
         timeout=30,
@@ -442,7 +447,9 @@ def test_an_operator_restart_mid_analysis_only_delays_the_rollback(
         return max(found, default=0)
 
     wait_for(lambda: failures() == LIMIT - 1, timeout=60, interval=0.1, message="2 failures")
-    slo_operator.stop()
+    # Killed, not stopped: a graceful stop lets a reconcile in flight finish, and the
+    # next check is due INTERVAL after the last, so the old process could roll back.
+    slo_operator.kill()
     restarted = time.monotonic()
     slo_operator.start()
     ms = wait_condition(kube_api, ns, "web", "RolledBack", status="True", timeout=60)

@@ -39,8 +39,9 @@ def test_an_image_that_cannot_be_pulled_is_rolled_back_after_the_grace(
     ms = wait_condition(kube_api, namespace, "web", "RolledBack", status="True", timeout=60)
     latency = time.monotonic() - applied
     # Not before the grace (creationTimestamp has whole seconds, and the clock started
-    # once kubectl returned), and long before the 300 s deadline.
-    assert grace - 2 <= latency <= grace + 20, latency
+    # once kubectl returned), and long before the 300 s deadline (the upper bound also
+    # holds the controller-manager's and kwok's share under load: pods made, pull failed).
+    assert grace - 2 <= latency <= grace + 60, latency
     rb = cond(ms, "RolledBack")
     assert rb is not None and rb["reason"] == "ImagePullError"
     assert "ErrImagePull" in rb["message"] or "ImagePullBackOff" in rb["message"]

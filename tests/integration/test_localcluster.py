@@ -299,12 +299,12 @@ def test_hpa_reads_cpu_and_scales_up(
         )
 
     def scaled_up() -> int | None:
+        # The HPA controller writes the scale before its own status: wait for both.
         replicas = apps.read_namespaced_deployment("load", namespace).spec.replicas
-        return replicas if replicas > 2 else None
+        hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("load", namespace)
+        return replicas if replicas > 2 and hpa.status.desired_replicas == replicas else None
 
     replicas = wait_for(scaled_up, timeout=120, interval=1, message="HPA to scale up")
-    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("load", namespace)
-    assert hpa.status.desired_replicas == replicas
     assert 2 < replicas <= 6
 
 

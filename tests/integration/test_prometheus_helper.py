@@ -82,8 +82,9 @@ def test_scraped_values_follow_observations_and_forget(
     }
     # honor_labels: per-MicroService series keep their namespace, and the operator's
     # own series get the target's.
-    assert prom.query(f'up{{job="{JOB}"}} == 1')
-    (build,) = prom.query("mso_build_info")
+    # Polled: one scrape slower than its 1 s timeout reads as down (and stale) until the next.
+    prom.wait_for_query(f'up{{job="{JOB}"}} == 1', bool)
+    (build,) = prom.wait_for_query("mso_build_info", lambda r: len(r) == 1)
     assert labels_of(build)["namespace"] == "mso-system"
     assert not prom.query("{exported_namespace!=''}")
 

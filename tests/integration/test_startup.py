@@ -67,7 +67,7 @@ def test_started_before_the_crd_it_says_so_and_starts_once_it_exists(
     try:
         kubectl(kubeconfig, "delete", "crd", CRD_NAME, "--wait=true", "--timeout=120s")
         wait_for(lambda: not crd_exists(kube_api), timeout=60, message="the CRD gone")
-        own.start()
+        own.start(synced=False)
         wait_for(
             lambda: (
                 "The MicroService CRD (microservices.mso.dev) is not installed" in own.log_text()
@@ -119,7 +119,7 @@ def test_missing_permissions_are_named(
     except (AssertionError, subprocess.CalledProcessError) as exc:  # no TokenRequest API
         pytest.skip(f"cannot mint a ServiceAccount token here: {exc}")
     own = OperatorProcess(str(cfg), tmp_path, "--namespace", namespace)
-    own.start()
+    own.start(synced=False)
     try:
         wait_for(
             lambda: "Forbidden to list" in own.log_text(), timeout=20, message="a Forbidden line"

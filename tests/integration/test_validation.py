@@ -402,8 +402,14 @@ def test_sample_policy_limits_replicas_per_namespace(
         kubectl(
             kubeconfig, "label", "--overwrite", "namespace", namespace, "mso.dev/max-replicas=x"
         )
-        admitted, out = apply(kubeconfig, namespace, "small", spec(replicas=4))
-        assert not admitted and "mso.dev/max-replicas must be a number" in out, out
+
+        # The policy reads namespaces from the API server's cache: wait for the label.
+        def refused_as_nan() -> str | None:
+            admitted, out = apply(kubeconfig, namespace, "small", spec(replicas=4))
+            return None if admitted else out
+
+        out = wait_for(refused_as_nan, timeout=30, interval=0.5, message="the new label seen")
+        assert "mso.dev/max-replicas must be a number" in out, out
 
         # Without the label only the CRD's sanity bound applies.
         kubectl(kubeconfig, "label", "namespace", namespace, "mso.dev/max-replicas-")
