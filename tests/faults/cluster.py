@@ -192,13 +192,15 @@ def resync_stuck_pods(api: client.ApiClient, namespace: str, image: str, stale_a
 
     A kubelet re-reports every pod's status every sync period (~10 s), so a status
     update lost while the API server or etcd was down is simply sent again. kwok (the
-    local kubelets) has no such loop: a failed stage patch is dropped when the error is
-    not one it calls retryable (an etcd "rpc error: Unavailable" comes back as a 500),
-    and otherwise retried with a doubling backoff capped at 32 minutes (kwok v0.8.0,
-    pkg/kwok/controllers/utils.go). Any update to the pod makes kwok replay its stage at
-    once, so touching an annotation of a pod that has stayed not Ready on ``image`` for
-    ``stale_after`` seconds gives it what a kubelet would. The operator ignores the
-    annotation; it only sees the pod become Ready, as it would on a real node."""
+    local kubelets) has no such loop: a failed stage patch is retried with a doubling
+    backoff (1 s up to 32 minutes) when kwok calls the error retryable (refused, 503,
+    504, 429) and dropped otherwise (kwok v0.8.0, pkg/kwok/controllers/utils.go). Seen
+    here: a Ready patch that failed as etcd went down was sent again 3 minutes later.
+    Any update to the pod makes kwok replay its stage at once (a new resourceVersion
+    replaces the queued retry), so touching an annotation of a pod that has stayed not
+    Ready on ``image`` for ``stale_after`` seconds gives it what a kubelet would. The
+    operator ignores the annotation; it only sees the pod become Ready, as it would on a
+    real node."""
     core = client.CoreV1Api(api)
     now = datetime.datetime.now(datetime.UTC)
     touched = 0

@@ -110,6 +110,7 @@ class OperatorProcess:
         """SIGKILL: a crash, nothing finished on the way out."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
+            self.proc.wait(timeout=10)
         self.stop()
 
     def restart(self) -> None:
