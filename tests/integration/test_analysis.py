@@ -182,9 +182,10 @@ def test_a_release_failing_its_error_ratio_is_rolled_back_after_the_limit_never_
     assert (q["revision"], q["reason"]) == (v2, "AnalysisFailed")
     # The measured ratio, as Prometheus computed it: the exporter counts whole requests
     # (20 per second, the fraction carried), so an early rate() window of ~50 requests
-    # can read 20/51 = 0.392 instead of 0.4.
+    # can read 20/51 = 0.392 instead of 0.4, and one with a scrape missed under load
+    # (~20 requests) 8/21 = 0.381 or 4/11 = 0.364: still eight times the threshold.
     measured = re.search(r"error-ratio = ([0-9.]+)", q["message"])
-    assert measured is not None and float(measured.group(1)) == pytest.approx(0.4, abs=0.02), q
+    assert measured is not None and float(measured.group(1)) == pytest.approx(0.4, abs=0.05), q
     assert "above the threshold 0.05" in q["message"]
     assert f"{LIMIT}/{LIMIT} in a row" in q["message"]  # after the limit, never before
     assert first_failure, "the failing check was reported before the rollback"
