@@ -437,6 +437,16 @@ def read_answer(reader: io.BufferedIOBase, method: str) -> tuple[int, bytes, boo
     return status, body, not close
 
 
+def readable(source: Any) -> bool:
+    """Whether a read of ``source`` (a socket or file with a descriptor) returns at once:
+    data, end of stream or an error is there. poll(), not select(): select() refuses
+    descriptors past 1023, which an operator watching hundreds of namespaces (an open
+    watch per namespace and kind) reaches."""
+    poller = select.poll()
+    poller.register(source, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _Direct:
     """Keep-alive HTTPS connections to the API server on plain sockets.
 
@@ -469,7 +479,7 @@ class _Direct:
                 return None
             # An idle connection the server closed (or sent anything on) is not reused:
             # it would fail the request sent on it, as urllib3 also checks.
-            if not select.select([conn.sock], [], [], 0)[0]:
+            if not readable(conn.sock):
                 return conn
             conn.close()
 
@@ -684,7 +694,7 @@ def _body(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         # Then whatever else is there already, without waiting: a record the TLS
         # layer holds decrypted is read on the next round, after the next gathering.
         for _ in range(DRAIN_READS - 1):
-            if not n or not select.select([fp], [], [], 0)[0]:
+            if not n or not readable(fp):
                 break
             n = fp.readinto1(view)
             pieces.append(bytes(view[:n]))
