@@ -175,13 +175,14 @@ def test_a_dead_timer_thread_is_reported() -> None:
 
 
 def test_timers_on_a_grid_come_due_together() -> None:
-    """Keys added 30 ms apart with a 0.25 s grid are handed over on one wake-up: the
-    first one out, the other is queued already (without the grid, 30 ms later)."""
+    """Keys added 30 ms apart on a grid are handed over on one wake-up: the first one
+    out, the other is queued already (without the grid, 30 ms later). A 1 s grid, so a
+    loaded machine's late wake-ups cannot carry the second key into the next period."""
     q = WorkQueue()
-    wait_until(lambda: time.monotonic() % 0.25 < 0.05)  # early in a grid period
-    q.add_after("a", 0.1, grid=0.25)
+    wait_until(lambda: time.monotonic() % 1.0 < 0.1)  # early in a grid period
+    q.add_after("a", 0.1, grid=1.0)
     time.sleep(0.03)  # the second trigger, a moment later (not a wait for a condition)
-    q.add_after("b", 0.1, grid=0.25)
+    q.add_after("b", 0.1, grid=1.0)
     assert q.get(timeout=2) == "a"
     assert len(q) == 1
     assert q.get(timeout=0) == "b"
